@@ -1,0 +1,89 @@
+"""unimask prepare | pretrain | export | bench  (also `python -m unimask ...`, e.g. under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from .recipes import RECIPES
+
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a named recipe (default: demo; with --resume, the run's own config)")
+    p.add_argument("--data", default=None, help="a directory written by `unimask prepare` "
+                   "(default: the built-in King James Bible corpus, prepared on first use)")
+    p.add_argument("--out", default=None, help="the run directory (default: runs/RECIPE)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=3e-4 --set model.norm=pre")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .recipes import RECIPES
+    from .train import checkpoint as ckpt_mod
+    from .train.loop import train
+
+    out = Path(args.out or f"runs/{args.recipe or 'demo'}")
+    latest = ckpt_mod.latest_checkpoint(out) if args.resume and ckpt_mod.list_checkpoints(out) else None
+    if args.resume and latest is None:
+        raise UserError(f"--resume: {out} has no checkpoint to continue; drop --resume to start a new run")
+    if latest is not None and args.recipe is None:
+        ckpt_mod.verify(latest)
+        cfg = config_mod.from_dict(ckpt_mod.load_config(latest))
+    else:
+        cfg = RECIPES[args.recipe or "demo"]()
+    if args.data is not None:
+        cfg.data.path = args.data
+    cfg = config_mod.apply_overrides(cfg, args.overrides)
+    train(cfg, out, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {
+    # name: (help, module with add_arguments/run, or (add_arguments, run) here)
+    "prepare": ("tokenize raw text into memory-mapped token arrays", "unimask.data.prepare"),
+    "pretrain": ("pretrain an encoder with a recipe", (_pretrain_arguments, _pretrain)),
+    "export": ("export a checkpoint to Hugging Face transformers", "unimask.export.hf"),
+    "bench": ("measure training throughput, FLOPs, MFU and memory", "unimask.bench"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported (start-up stays fast, heavy imports stay lazy)."""
+    parser = argparse.ArgumentParser(prog="unimask", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, impl) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
+        module = None if isinstance(impl, tuple) else importlib.import_module(impl)
+        add, run = impl if module is None else (module.add_arguments, module.run)
+        add(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"unimask {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"unimask {args.command}: interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""A BERT-style Transformer encoder that returns hidden states and nothing else.
+
+Post-LN (BERT, Devlin et al. 2019) or pre-LN (Xiong et al. 2020) blocks; learned absolute positions
+and/or a T5-style relative position bias (Raffel et al. 2020, section 2.1) with one bucket table
+shared by all layers, as in COCO-LM. Attention runs through `scaled_dot_product_attention`.
+
+The parameter names follow a fixed rename table to `transformers.BertModel` (see export/hf.py), so a
+post-LN absolute-position encoder exports without any other transformation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    norm: Literal["post", "pre"] = "post"
+    absolute_positions: bool = True
+    relative_buckets: int = 0            # 0: no relative bias; COCO-LM/T5 use 32
+    relative_max_distance: int = 128
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not self.absolute_positions and self.relative_buckets <= 0:
+            raise ValueError("the encoder needs position information: set absolute_positions=true "
+                             "or relative_buckets>0")
+        if self.norm not in ("post", "pre"):
+            raise ValueError(f"norm must be 'post' or 'pre', not {self.norm!r}")
+
+
+def relative_position_bucket(relative: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """T5's bidirectional log-spaced buckets: half for each sign, exact below num_buckets/4."""
+    half = num_buckets // 2
+    bucket = (relative > 0).long() * half
+    distance = relative.abs()
+    exact = half // 2
+    is_small = distance < exact
+    log_bucket = exact + (
+        torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact)
+    ).long()
+    log_bucket = log_bucket.clamp(max=half - 1)
+    return bucket + torch.where(is_small, distance, log_bucket)
+
+
+class RelativePositionBias(nn.Module):
+    """One (buckets, heads) table shared across layers; the bias is computed from position ids,
+    not sequence indices, so re-ordered or appended tokens (MAE-LM, PMLM) keep their geometry."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.table = nn.Embedding(cfg.relative_buckets, cfg.num_heads)
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        # position_ids: (B, T) -> bias (B, H, T, T), entry [b, h, i, j] for query i and key j
+        relative = position_ids[:, None, :] - position_ids[:, :, None]  # (B, T, T) = key - query
+        buckets = relative_position_bucket(relative, self.num_buckets, self.max_distance)
+        return self.table(buckets).permute(0, 3, 1, 2)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.absolute_positions else None
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        x = inputs_embeds  # (B, T, D)
+        if self.position is not None:
+            x = x + self.position(position_ids)
+        if self.token_type is not None:
+            x = x + (self.token_type(token_type_ids) if token_type_ids is not None else self.token_type.weight[0])
+        return self.dropout(self.norm(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.attention_dropout = cfg.attention_dropout
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, D = x.shape
+        H = self.num_heads
+        q = self.query(x).view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.key(x).view(B, T, H, D // H).transpose(1, 2)
+        v = self.value(x).view(B, T, H, D // H).transpose(1, 2)
+        dropout = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = Attention(cfg)
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+        self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), mask))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+
+def attention_bias(attention_mask: Tensor | None, relative_bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Combine a padding / layout mask and a relative bias into what SDPA takes.
+
+    attention_mask: None, (B, T) key padding, (B, T, T) or (B, 1, T, T) boolean "may attend".
+    Returns None, a boolean (B, 1, Tq|1, T) mask, or an additive float (B, H|1, T, T) bias.
+    """
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask.bool()
+        mask = mask[:, None, None, :] if mask.dim() == 2 else (mask[:, None] if mask.dim() == 3 else mask)
+    if relative_bias is None:
+        return mask
+    bias = relative_bias.to(dtype)
+    if mask is not None:
+        bias = bias.masked_fill(~mask, torch.finfo(dtype).min)
+    return bias
+
+
+class Encoder(nn.Module):
+    """Token ids (or embeddings) -> hidden states (B, T, D). Never sees labels or objectives."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.relative_bias = RelativePositionBias(cfg) if cfg.relative_buckets > 0 else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                nn.init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        """The input embedding table: LM heads tie their output projection to it."""
+        return self.embeddings.word
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings.word(input_ids)  # (B, T, D)
+        B, T, _ = inputs_embeds.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=inputs_embeds.device).expand(B, T)
+        x = self.embeddings(inputs_embeds, position_ids, token_type_ids)
+        rel = self.relative_bias(position_ids) if self.relative_bias is not None else None  # (B, H, T, T)
+        mask = attention_bias(attention_mask, rel, x.dtype if not torch.is_autocast_enabled(x.device.type)
+                              else torch.get_autocast_dtype(x.device.type))
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x

@@ -1,0 +1,28 @@
+"""Output heads that objectives and tasks put on top of the encoder's hidden states."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LMHead(nn.Module):
+    """BERT's masked-LM head: dense -> GELU -> LayerNorm -> projection tied to the input embeddings.
+
+    Call it on the hidden states of the predicted positions only, (N, D) -> (N, V): the vocabulary
+    projection dominates the step at small sizes (DESIGN.md section 9), so never on every position.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        nn.init.normal_(self.dense.weight, std=0.02)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: Tensor, embedding_weight: Tensor) -> Tensor:
+        # hidden: (N, D), embedding_weight: (V, D) -> logits (N, V)
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), embedding_weight, self.bias)
+

@@ -1,0 +1,388 @@
+"""The pretraining loop: build -> parallelize -> (forward, backward) x accumulation -> normalise ->
+clip -> step -> schedule -> log -> evaluate -> save.
+
+Losses arrive summed with their target counts (objectives/base.py). Gradients are accumulated from
+the summed losses and scaled once by world_size / (targets summed over micro-batches and ranks),
+so the update is the same whatever the split into micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000                    # optimizer steps
+    batch_size: int = 32                 # sequences per micro-batch per process
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.98
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = 0.0
+    clip_norm: float = 1.0               # 0 = no clipping
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200                # 0 = only at the end
+    eval_batches: int = 20
+    save_every: int = 500                # 0 = only at the end
+    keep_last: int = 2
+    max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, not {self.lr}")
+
+
+_BF16_FASTER: dict[str, bool] = {}
+
+
+def bf16_is_faster(device: torch.device) -> bool:
+    """Whether bf16 matmuls beat fp32 here (AMX / AVX512-BF16 CPUs, Ampere+ GPUs); measured once."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if "cpu" not in _BF16_FASTER:
+        def clock(dtype):
+            a, b = torch.randn(512, 768, dtype=dtype), torch.randn(768, 768, dtype=dtype)
+            a @ b
+            t = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            return time.perf_counter() - t
+        _BF16_FASTER["cpu"] = clock(torch.bfloat16) < 0.8 * clock(torch.float32)
+    return _BF16_FASTER["cpu"]
+
+
+def autocast_for(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_is_faster(device))
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+
+class MetricsLog:
+    """JSONL metrics in the run directory (+ TensorBoard when it is installed), main rank only."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records a killed run wrote after the checkpoint it resumes from."""
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            split = record.get("split", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "split"):
+                    self.tb.add_scalar(f"{split}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _summed_metrics(outputs_sum: dict[str, torch.Tensor], num: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Pack loss, count and every (2,) metric into one vector for a single all-reduce."""
+    parts = [loss.detach().float().reshape(1), num.detach().float().reshape(1)]
+    parts += [outputs_sum[k] for k in sorted(outputs_sum)]
+    return torch.cat(parts)
+
+
+def _unpack_metrics(vec: torch.Tensor, keys: list[str]) -> tuple[float, float, dict[str, float]]:
+    loss_sum, count = vec[0].item(), vec[1].item()
+    means = {}
+    for i, k in enumerate(sorted(keys)):
+        num, den = vec[2 + 2 * i].item(), vec[3 + 2 * i].item()
+        means[k] = num / den if den else float("nan")
+    return loss_sum, count, means
+
+
+@dataclass
+class StepResult:
+    loss: float                 # summed loss / summed targets, over micro-batches and ranks
+    grad_norm: float
+    metrics: dict[str, float]
+    tokens: int                 # tokens processed by all ranks
+    finite: bool                # False: the update was skipped
+
+
+def train_step(model, optimizer, micro_batches, autocast, info, params, clip_norm: float) -> StepResult:
+    """One optimizer step over an iterable of micro-batches (already corrupted, any device).
+
+    Gradients come from the summed losses and are scaled once by world_size / total targets, so
+    the update equals one big batch's whatever the accumulation and the number of ranks.
+    """
+    from . import parallel
+
+    micro_batches = list(micro_batches)
+    metric_sums: dict[str, torch.Tensor] = {}
+    loss_sum = torch.zeros((), device=info.device)
+    count = torch.zeros((), device=info.device)
+    tokens = 0
+    for i, batch in enumerate(micro_batches):
+        batch = batch.to(info.device)
+        with parallel.gradient_sync(model, i == len(micro_batches) - 1):
+            with autocast():
+                out = model(batch)
+            out.loss.backward()
+        loss_sum += out.loss.detach().float()
+        count += out.num_targets.detach().float()
+        for k, v in out.metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0) + v.to(info.device)
+        tokens += batch.num_tokens * info.world_size
+    vec = parallel.all_reduce_sum(_summed_metrics(metric_sums, count, loss_sum))
+    total_loss, total_count, means = _unpack_metrics(vec.cpu(), list(metric_sums))
+    scale = info.world_size / max(total_count, 1.0)      # DDP/FSDP averaged over ranks
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    loss = total_loss / max(total_count, 1.0)
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss, grad_norm, means, tokens, finite)
+
+
+def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or continue) pretraining as `cfg` (a RunConfig) says; returns the last eval record."""
+    from .. import config as config_mod
+    from ..data.default_corpus import resolve_data
+    from ..data.loader import Blocks, TrainLoader, eval_batches
+    from ..data.store import TokenStore
+    from ..model.encoder import Encoder
+    from ..objectives import OBJECTIVES, PretrainModel, Vocab
+    from . import checkpoint as ckpt_mod
+    from . import parallel
+    from .optim import build_optimizer, build_scheduler
+
+    info = parallel.init_distributed(cfg.train.device)
+    tcfg = cfg.train
+    run_dir = Path(run_dir)
+    try:
+        # ---- data and run directory ---------------------------------------------------------
+        data_dir = resolve_data(cfg.data.path, is_main=info.is_main, barrier=parallel.barrier)
+        store, valid_store = TokenStore(data_dir, "train"), TokenStore(data_dir, "valid")
+        cfg.model.vocab_size = store.vocab_size
+        cfg.data.path = str(data_dir)
+        existing = ckpt_mod.latest_checkpoint(run_dir) if ckpt_mod.list_checkpoints(run_dir) else None
+        if existing is not None and not resume:
+            raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue that run "
+                            f"or choose another --out")
+        if existing is not None:
+            _check_same_model(config_mod.from_dict(ckpt_mod.load_config(existing)), cfg, existing)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        # ---- model, objective, optimizer ----------------------------------------------------
+        torch.manual_seed(tcfg.seed)
+        vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
+                      word_start=store.word_start_mask())
+        objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
+        plain = PretrainModel(Encoder(cfg.model), objective)
+        model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile)
+        torch.manual_seed(tcfg.seed * 1000 + info.rank)      # per-rank dropout streams
+        optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
+        scheduler = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule, tcfg.min_lr_ratio)
+        loader = TrainLoader(Blocks(store, cfg.data.seq_len, full_only=True), tcfg.batch_size, tcfg.seed,
+                             objective.corrupt, info.rank, info.world_size)
+        valid_blocks = Blocks(valid_store, cfg.data.seq_len, full_only=False)
+        autocast = autocast_for(tcfg.precision, info.device)
+        log = MetricsLog(run_dir, info.is_main)
+
+        step = 0
+        if existing is not None:
+            step = _restore(existing, model, optimizer, scheduler, loader, info)
+            log.truncate_after(step)
+            if info.is_main:
+                print(f"resumed {run_dir} from step {step}", file=sys.stderr)
+
+        def save(at_step: int) -> None:
+            model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
+            if info.is_main:
+                ckpt_mod.save_checkpoint(run_dir, at_step, model_state, train_state, cfg.to_dict(),
+                                         data_dir / "tokenizer.json", tcfg.keep_last)
+            parallel.barrier()
+
+        def evaluate(at_step: int) -> dict:
+            model.eval()
+            sums: dict[str, torch.Tensor] = {}
+            total = torch.zeros(2)
+            with torch.no_grad(), autocast():
+                for batch in eval_batches(valid_blocks, tcfg.batch_size, tcfg.eval_batches, tcfg.seed,
+                                          objective.corrupt, info.rank, info.world_size):
+                    out = model(batch.to(info.device))
+                    total += torch.stack([out.loss.float().cpu(), out.num_targets.float().cpu()])
+                    for k, v in out.metrics.items():
+                        sums[k] = sums.get(k, 0) + v.cpu()
+            keys = sorted(sums)
+            vec = torch.cat([total] + [sums.get(k, torch.zeros(2)) for k in keys])
+            loss_sum, count, means = _unpack_metrics(parallel.all_reduce_sum(vec.to(info.device)).cpu(), keys)
+            model.train()
+            record = {"split": "valid", "step": at_step, "loss": loss_sum / max(count, 1.0),
+                      **objective.summarize(means)}
+            log.write(record)
+            return record
+
+        # ---- the loop -------------------------------------------------------------------------
+        model.train()
+        bar = _progress(progress and info.is_main, tcfg.steps, step)
+        tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
+        params = [p for p in model.parameters() if p.requires_grad]
+        while step < tcfg.steps:
+            micro_batches = (next(loader) for _ in range(tcfg.grad_accum))
+            result = train_step(model, optimizer, micro_batches, autocast, info, params, tcfg.clip_norm)
+            tokens_seen += result.tokens
+            loss, grad_norm, means = result.loss, result.grad_norm, result.metrics
+            if result.finite:
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if info.is_main:
+                    print(f"warning: step {step + 1} has a non-finite loss or gradient; update skipped",
+                          file=sys.stderr)
+                if bad_steps >= tcfg.max_bad_steps:
+                    raise UserError(f"{bad_steps} consecutive non-finite steps at step {step + 1}; "
+                                    f"lower train.lr or use train.precision=fp32, then --resume")
+            scheduler.step()
+            step += 1
+
+            elapsed = time.perf_counter() - t0
+            if step % tcfg.log_every == 0 or step == tcfg.steps:
+                record = {"split": "train", "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": grad_norm, "epoch": round(loader.epoch(), 4),
+                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), **objective.summarize(means)}
+                log.write(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):,.0f}", refresh=False)
+                bar.update(1)
+            if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
+                last_eval = evaluate(step)
+                _say(bar, info, f"step {step}: valid loss {last_eval['loss']:.4f}")
+            if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
+                save(step)
+        if bar is not None:
+            bar.close()
+        last_eval = evaluate(step)
+        save(step)
+        log.close()
+        if info.is_main:
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items() if isinstance(v, float))
+            print(f"done: {step} steps; valid {summary}; checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}",
+                  file=sys.stderr)
+        return last_eval
+    finally:
+        parallel.shutdown()
+
+
+def _say(bar, info, text: str) -> None:
+    if not info.is_main:
+        return
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="pretrain", unit="step", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+
+
+# The fields that must match for a checkpoint to be continued by a config: the model, the
+# objective and everything that decides which data each step sees.
+_SAME_MODEL = ("objective_name", "model", "objective", "data.seq_len", "train.batch_size", "train.seed")
+
+
+def _check_same_model(saved, cfg, ckpt: Path) -> None:
+    a, b = saved.to_dict(), cfg.to_dict()
+    for key in _SAME_MODEL:
+        part, _, sub = key.partition(".")
+        x, y = (a[part], b[part]) if not sub else (a[part][sub], b[part][sub])
+        if x != y:
+            detail = next((f"{key}.{k}: {x[k]!r} vs {y[k]!r}" for k in x if x[k] != y.get(k)), f"{key}: {x!r} vs {y!r}") \
+                if isinstance(x, dict) else f"{key}: {x!r} vs {y!r}"
+            raise UserError(f"{ckpt} holds a checkpoint of another model or data order ({detail}); "
+                            f"resume with the run's own config (omit --recipe) or choose another --out")
+
+
+def _gather_state(model, optimizer, scheduler, loader) -> tuple[dict, dict]:
+    """Full (unsharded, unwrapped) model and optimizer state, on the CPU, on every rank."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=opts)
+    train_state = {
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=opts),
+        "scheduler": scheduler.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})},
+    }
+    return model_state, train_state
+
+
+def _restore(ckpt: Path, model, optimizer, scheduler, loader, info) -> int:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    from .checkpoint import load_checkpoint
+    model_state, state, _ = load_checkpoint(ckpt)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    try:
+        set_model_state_dict(model, model_state, options=opts)
+    except RuntimeError as e:
+        raise UserError(f"{ckpt} does not fit this model ({str(e).splitlines()[0]}); "
+                        f"choose another --out") from None
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return int(state["step"])
