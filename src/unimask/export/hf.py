@@ -1,0 +1,394 @@
+"""`unimask export --to hf`: a checkpoint -> a directory that `transformers` loads as BERT.
+
+The export is a rename table plus a parity test (DESIGN.md section 8, rule 9): unimask's post-LN,
+absolute-position `Encoder` is `transformers.BertModel` under other parameter names, and `LMHead` is
+`BertOnlyMLMHead` with the decoder tied to the word embeddings. tests/test_export.py checks that the
+exported model reproduces unimask's hidden states and MLM logits.
+
+Output directory:
+    config.json              BertConfig, architectures ["BertForMaskedLM"] (or ["BertModel"] without a head)
+    model.safetensors        the renamed tensors, exactly the keys `save_pretrained` would write
+    tokenizer.json           the checkpoint's tokenizer, unchanged
+    tokenizer_config.json    BertTokenizer (fast) with the [PAD] [UNK] [CLS] [SEP] [MASK] specials
+    vocab.txt                the WordPiece vocabulary, for readers that want the slow tokenizer
+
+Pre-LN encoders, encoders without absolute positions and encoders with a relative position bias
+have no BERT equivalent; `load_encoder` loads them (and every other checkpoint) as unimask modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..model.encoder import Encoder, EncoderConfig
+from ..model.heads import LMHead
+from ..train.checkpoint import latest_checkpoint, verify
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
+
+ENCODER_TO_BERT: tuple[tuple[str, str], ...] = (
+    (r"embeddings\.word\.weight", r"embeddings.word_embeddings.weight"),
+    (r"embeddings\.position\.weight", r"embeddings.position_embeddings.weight"),
+    (r"embeddings\.token_type\.weight", r"embeddings.token_type_embeddings.weight"),
+    (r"embeddings\.norm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
+    (r"layers\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", r"encoder.layer.\1.attention.self.\2.\3"),
+    (r"layers\.(\d+)\.attn\.out\.(weight|bias)", r"encoder.layer.\1.attention.output.dense.\2"),
+    (r"layers\.(\d+)\.attn_norm\.(weight|bias)", r"encoder.layer.\1.attention.output.LayerNorm.\2"),
+    (r"layers\.(\d+)\.mlp\.up\.(weight|bias)", r"encoder.layer.\1.intermediate.dense.\2"),
+    (r"layers\.(\d+)\.mlp\.down\.(weight|bias)", r"encoder.layer.\1.output.dense.\2"),
+    (r"layers\.(\d+)\.mlp_norm\.(weight|bias)", r"encoder.layer.\1.output.LayerNorm.\2"),
+)
+"""unimask `Encoder` names -> `transformers.BertModel` names (BertForMaskedLM prefixes them with "bert.")."""
+
+LM_HEAD_TO_BERT: tuple[tuple[str, str], ...] = (
+    (r"dense\.(weight|bias)", r"cls.predictions.transform.dense.\1"),
+    (r"norm\.(weight|bias)", r"cls.predictions.transform.LayerNorm.\1"),
+    (r"bias", r"cls.predictions.bias"),
+)
+"""unimask `LMHead` names -> `BertForMaskedLM` names. `cls.predictions.decoder.weight` is tied to
+`bert.embeddings.word_embeddings.weight` and `cls.predictions.decoder.bias` to `cls.predictions.bias`,
+so neither is written (transformers' own `save_pretrained` writes neither)."""
+
+MLM_HEADS: dict[str, str] = {
+    "mlm": "objective.head.",
+}
+"""Objective name -> prefix of its tied `LMHead` in a checkpoint's model.safetensors. Objectives
+not listed here export their encoder only, as `BertModel`."""
+
+SPECIAL_TOKENS: dict[str, str] = {
+    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+}
+_LOAD_HINT = "load it with unimask.export.hf.load_encoder(checkpoint) instead (README: Export)"
+
+
+class Exported(NamedTuple):
+    checkpoint: Path
+    architecture: str
+    out: Path
+
+
+def rename(state: dict[str, Tensor], table: tuple[tuple[str, str], ...], prefix: str = "") -> dict[str, Tensor]:
+    """Apply `table` (full-match regex, replacement) to every key; a key no rule matches is a KeyError."""
+    renamed = {}
+    for key, tensor in state.items():
+        match = next((m.expand(r) for p, r in table if (m := re.fullmatch(p, key))), None)
+        if match is None:
+            raise KeyError(f"no rename rule for {key!r}")
+        renamed[prefix + match] = tensor
+    return renamed
+
+
+def check_bert_compatible(cfg: EncoderConfig) -> None:
+    """Raise a one-line UserError when transformers' BERT cannot represent an encoder of `cfg`."""
+    reasons = []
+    if cfg.norm != "post":
+        reasons.append("it is pre-LN (norm='pre') and BERT normalises after each residual (post-LN) "
+                       "with no final LayerNorm")
+    if not cfg.absolute_positions:
+        reasons.append("it has no absolute position embeddings and BERT always adds them")
+    if cfg.relative_buckets > 0:
+        reasons.append("it uses a relative position bias (relative_buckets>0) and BERT attention has none")
+    if reasons:
+        raise UserError(f"cannot export to transformers BERT: {'; '.join(reasons)}; {_LOAD_HINT}")
+
+
+def to_bert_config(cfg: EncoderConfig, **kw) -> BertConfig:
+    """The `transformers.BertConfig` of an encoder of `cfg`; `kw` adds or overrides BertConfig fields.
+
+    Exact GELU ("gelu"), the same LayerNorm eps and dropouts, max_positions -> max_position_embeddings.
+    An encoder without token types (type_vocab_size=0) becomes type_vocab_size=1 with a zero table.
+    """
+    check_bert_compatible(cfg)
+    try:
+        from transformers import BertConfig
+    except ImportError:
+        raise UserError("exporting to transformers needs the transformers package: pip install 'unimask[hf]'") from None
+    values = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        max_position_embeddings=cfg.max_positions,
+        type_vocab_size=max(cfg.type_vocab_size, 1),
+        initializer_range=cfg.initializer_range,
+        layer_norm_eps=cfg.layer_norm_eps,
+        pad_token_id=cfg.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return BertConfig(**{**values, **kw})
+
+
+def _fit(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    """Load `state` into a (meta) module with assign=True, or a UserError naming the first mismatches."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k}" for k in expected if k not in got]
+    problems += [f"unexpected {k}" for k in got if k not in expected]
+    problems += [f"{k} is {got[k]} not {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(f"{where} does not fit the model config ({', '.join(problems[:3])}{more}): it is a checkpoint "
+                        "of another model; pass weights and config.json saved together")
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _read_tokenizer(path: Path, cfg: EncoderConfig) -> Tokenizer:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; a checkpoint keeps its tokenizer.json next to model.safetensors")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise UserError(f"{path} is not a readable tokenizer.json ({e}); pass a file saved by the tokenizers library") from None
+    missing = [t for t in SPECIAL_TOKENS.values() if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise UserError(f"{path} has no {', '.join(missing)} token; export needs a BERT-style tokenizer "
+                        "such as the one `unimask prepare` trains")
+    if tokenizer.get_vocab_size() > cfg.vocab_size:
+        raise UserError(f"{path} has {tokenizer.get_vocab_size()} tokens but the model only {cfg.vocab_size} "
+                        "embeddings: it is the tokenizer of another model; pass the checkpoint's own tokenizer.json")
+    return tokenizer
+
+
+def _tokenizer_config(tokenizer_json: Path, max_length: int) -> dict:
+    """tokenizer_config.json: `BertTokenizer` when transformers rebuilds exactly this pipeline from the
+    vocabulary (WordPiece "##", BertNormalizer, BertPreTokenizer), else the tokenizer.json as it is."""
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model, norm, pre = spec.get("model") or {}, spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+    bert_shaped = (model.get("type") == "WordPiece" and model.get("continuing_subword_prefix") == "##"
+                   and model.get("max_input_chars_per_word", 100) == 100
+                   and norm.get("type") == "BertNormalizer" and norm.get("clean_text", True)
+                   and pre.get("type") == "BertPreTokenizer")
+    config = {"model_max_length": max_length, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+              **SPECIAL_TOKENS}
+    if not bert_shaped:
+        return {"tokenizer_class": "PreTrainedTokenizerFast", **config}
+    return {"tokenizer_class": "BertTokenizer", "do_lower_case": norm.get("lowercase", True),
+            "strip_accents": norm.get("strip_accents"), "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
+            **config}
+
+
+def _write_vocab_txt(tokenizer: Tokenizer, path: Path) -> None:
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    by_id = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[t] for t in by_id] == list(range(len(by_id))) and not any("\n" in t for t in by_id):
+        path.write_text("".join(t + "\n" for t in by_id), encoding="utf-8")
+
+
+def _check_tokenizer(directory: Path, tokenizer: Tokenizer) -> None:
+    """The written tokenizer files must load in transformers and tokenize as the checkpoint's tokenizer.json."""
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(directory)
+    vocab = tokenizer.get_vocab()
+    words = sorted(vocab, key=vocab.__getitem__)[5:85]
+    probes = [" ".join(words[i:i + 8]) for i in range(0, len(words), 8)]
+    for text in [*probes, "Hello, WORLD! Ünïcödé café 北京 don't", "[CLS] a [MASK] b"]:
+        ours = tokenizer.encode(text, "Second Segment.")
+        theirs = loaded(text, "Second Segment.")
+        if ours.ids != theirs["input_ids"] or ours.type_ids != theirs["token_type_ids"]:
+            raise RuntimeError(f"transformers tokenizes {text[:40]!r} differently from tokenizer.json: export bug")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """A fresh temporary sibling of `out` to write into; refuses a non-empty `out` unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; choose a directory for --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _install(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished `tmp` to `out`; an old `out` is removed only after the new one is in place."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists():
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def export_encoder(
+    encoder_state: dict[str, Tensor],
+    head_state: dict[str, Tensor] | None,
+    cfg: EncoderConfig,
+    tokenizer_json: Path,
+    out: Path,
+    overwrite: bool = False,
+) -> None:
+    """Write a transformers BERT directory to `out` (see the module docstring for its files).
+
+    `encoder_state` is an `Encoder` state dict (keys `embeddings.*`, `layers.*`); `head_state` an
+    `LMHead` state dict (`dense.*`, `norm.*`, `bias`) -> BertForMaskedLM, or None -> BertModel.
+    """
+    check_bert_compatible(cfg)
+    tokenizer_json, out = Path(tokenizer_json), Path(out).expanduser().resolve()
+    with torch.device("meta"):
+        _fit(Encoder(cfg), encoder_state, "the encoder weights")
+        if head_state is not None:
+            _fit(LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps), head_state, "the MLM head weights")
+    tokenizer = _read_tokenizer(tokenizer_json, cfg)
+    encoder_state = dict(encoder_state)
+    if cfg.type_vocab_size == 0:
+        embedding = encoder_state["embeddings.word.weight"]
+        encoder_state["embeddings.token_type.weight"] = embedding.new_zeros(1, cfg.hidden_size)
+    if head_state is None:
+        architecture, tensors = "BertModel", rename(encoder_state, ENCODER_TO_BERT)
+    else:
+        architecture = "BertForMaskedLM"
+        tensors = {**rename(encoder_state, ENCODER_TO_BERT, "bert."), **rename(head_state, LM_HEAD_TO_BERT)}
+    dtype = str(encoder_state["embeddings.word.weight"].dtype).removeprefix("torch.")
+    bert_config = to_bert_config(cfg, architectures=[architecture], dtype=dtype)
+
+    tmp = _prepare_out(out, overwrite)
+    try:
+        bert_config.to_json_file(tmp / "config.json")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors",
+                  metadata={"format": "pt"})
+        shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+        tokenizer_config = _tokenizer_config(tokenizer_json, cfg.max_positions)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_config["tokenizer_class"] == "BertTokenizer":
+            _write_vocab_txt(tokenizer, tmp / "vocab.txt")
+        _check_tokenizer(tmp, tokenizer)
+        _install(tmp, out, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or the latest `checkpoints/step_*` of a run directory."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory; pass a run directory or one of its checkpoints/step_* directories")
+    found = latest_checkpoint(path)
+    if found is None and (path / "model.safetensors").is_file():
+        return path
+    if found is None:
+        raise UserError(f"{path} holds no checkpoint (no checkpoints/step_* with meta.json); "
+                        "pass a run directory of `unimask pretrain` or one of its checkpoints")
+    verify(found)
+    return found
+
+
+def _read_config(checkpoint: Path) -> dict:
+    path = checkpoint / "config.json"
+    if not path.is_file():
+        raise UserError(f"{checkpoint} has model.safetensors but no config.json; it is not a unimask checkpoint")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+
+
+def _encoder_config(config: dict, checkpoint: Path) -> EncoderConfig:
+    model = config.get("model")
+    if not isinstance(model, dict):
+        raise UserError(f"{checkpoint}/config.json has no 'model' section; it is not a unimask checkpoint")
+    unknown = sorted(set(model) - {f.name for f in fields(EncoderConfig)})
+    if unknown:
+        raise UserError(f"{checkpoint}/config.json has model fields this unimask does not know ({', '.join(unknown)}); "
+                        "upgrade unimask")
+    try:
+        return EncoderConfig(**model)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{checkpoint}/config.json has an invalid model section: {e}") from None
+
+
+def _read_tensors(path: Path, prefix: str) -> dict[str, Tensor]:
+    """The tensors of `path` whose names start with `prefix`, with the prefix removed (safetensors only)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except Exception as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); the checkpoint is damaged") from None
+
+
+def load_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig]:
+    """The unwrapped `Encoder` (eval mode) and its config from a checkpoint or a run directory's latest one.
+
+    Reads `config.json["model"]` and the `encoder.*` tensors of model.safetensors; never unpickles.
+    """
+    checkpoint = find_checkpoint(path)
+    cfg = _encoder_config(_read_config(checkpoint), checkpoint)
+    state = _read_tensors(checkpoint / "model.safetensors", "encoder.")
+    if not state:
+        raise UserError(f"{checkpoint}/model.safetensors has no encoder.* tensors; it is not a unimask checkpoint")
+    with torch.device("meta"):
+        encoder = Encoder(cfg)
+    _fit(encoder, state, f"{checkpoint}/model.safetensors")
+    return encoder.eval(), cfg
+
+
+def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
+    """Export a checkpoint (or a run directory's latest) to `out`: BertForMaskedLM when its objective
+    has a tied LM head (`MLM_HEADS`), else BertModel."""
+    checkpoint = find_checkpoint(path)
+    config = _read_config(checkpoint)
+    check_bert_compatible(_encoder_config(config, checkpoint))
+    encoder, cfg = load_encoder(checkpoint)
+    objective = config.get("objective_name")
+    head_state = None
+    if objective in MLM_HEADS:
+        head_state = _read_tensors(checkpoint / "model.safetensors", MLM_HEADS[objective])
+        if not head_state:
+            raise UserError(f"{checkpoint}/model.safetensors has no {MLM_HEADS[objective]}* tensors although its "
+                            f"objective is {objective}; the checkpoint is damaged")
+    out = Path(out).expanduser().resolve()
+    export_encoder(encoder.state_dict(), head_state, cfg, checkpoint / "tokenizer.json", out, overwrite=overwrite)
+    return Exported(checkpoint, "BertForMaskedLM" if head_state is not None else "BertModel", out)
+
+
+EXPORTERS = {"hf": export_checkpoint}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the `unimask export` options on `parser`."""
+    parser.add_argument("path", nargs="?", metavar="PATH", help="a run directory (its latest checkpoint) or a checkpoint")
+    parser.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
+    parser.add_argument("--to", choices=sorted(EXPORTERS), default="hf", help="target format (default %(default)s)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `unimask export` from parsed arguments; prints one line saying what was written."""
+    if args.path and args.checkpoint and Path(args.path) != Path(args.checkpoint):
+        raise UserError("PATH and --checkpoint name different checkpoints; pass one of them")
+    path = args.path or args.checkpoint
+    if not path:
+        raise UserError("no checkpoint given; pass a run directory or checkpoint as PATH (or --checkpoint)")
+    done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite)
+    loader = "AutoModelForMaskedLM" if done.architecture == "BertForMaskedLM" else "AutoModel"
+    print(f"wrote {done.architecture} from {done.checkpoint} to {done.out}; "
+          f"load it with transformers.{loader}.from_pretrained({str(done.out)!r})")
+    return 0

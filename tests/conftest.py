@@ -1,0 +1,55 @@
+"""Shared fixtures: a small prepared corpus from the built-in King James Bible, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when the clone has no ../shared beside it."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not present (../shared/data is only beside the repository in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kjv_data(tmp_path_factory) -> Path:
+    """The first 150 chapters of the built-in corpus, prepared with a 1,000-token vocabulary."""
+    from unimask.data.default_corpus import kjv_jsonl, write_chapters
+    from unimask.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("kjv")
+    full = root / "all.txt"
+    write_chapters(kjv_jsonl(), full)
+    text = root / "kjv150.txt"
+    text.write_text("\n\n".join(full.read_text().split("\n\n")[:150]) + "\n")
+    out = root / "tokens"
+    prepare([text], out, PrepareConfig(vocab_size=1000, valid_fraction=0.05), log=lambda *a, **k: None)
+    return out
+
+
+def tiny_run_config(data: Path, **train):
+    """A 2-layer, 32-wide MLM run on `data` that takes about a second."""
+    from unimask.config import RunConfig
+    from unimask.data.loader import DataConfig
+    from unimask.model.encoder import EncoderConfig
+    from unimask.objectives.mlm import MLMConfig
+    from unimask.train.loop import TrainConfig
+
+    defaults = dict(steps=8, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, eval_every=0,
+                    eval_batches=2, save_every=0, precision="fp32", device="cpu")
+    return RunConfig(
+        objective_name="mlm", size="tiny",
+        model=EncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64),
+        objective=MLMConfig(), data=DataConfig(path=str(data), seq_len=32),
+        train=TrainConfig(**{**defaults, **train}),
+    )

@@ -1,0 +1,172 @@
+"""End to end: train, save, kill -9, resume, and get the same loss curve; checkpoint safety."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_run_config
+from unimask import config as config_mod
+from unimask.errors import UserError
+from unimask.train import checkpoint as ckpt
+from unimask.train.loop import train
+
+
+def curve(run: Path, split: str = "train") -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+
+
+def overrides(cfg) -> list[str]:
+    """The --set list that turns the demo recipe into `cfg` (used to drive the CLI)."""
+    out = [f"objective_name={cfg.objective_name}"]
+    for part in ("model", "objective", "data", "train"):
+        for k, v in vars(getattr(cfg, part)).items():
+            if v is not None:
+                out.append(f"{part}.{k}={v}")
+    return out
+
+
+def cli(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "unimask", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_loss_falls_and_checkpoint_is_complete(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=60, batch_size=8, lr=3e-3, save_every=20, keep_last=2, eval_every=30)
+    last = train(cfg, tmp_path / "run", progress=False)
+    losses = [l for _, l in curve(tmp_path / "run")]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
+    valid = curve(tmp_path / "run", "valid")
+    assert [s for s, _ in valid] == [30, 60] and valid[1][1] < valid[0][1]
+    assert {"loss", "mlm_acc", "mlm_ppl"} <= set(last)
+    kept = ckpt.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in kept] == ["step_00000040", "step_00000060"]          # keep_last=2
+    files = {p.name for p in kept[-1].iterdir()}
+    assert files == {"model.safetensors", "train_state.safetensors", "train_state.json", "config.json",
+                     "tokenizer.json", "meta.json"}
+    weights = load_file(str(kept[-1] / "model.safetensors"))
+    assert any(k.startswith("encoder.layers.1.") for k in weights) and "objective.head.bias" in weights
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_after_kill_9_reproduces_the_loss_curve(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=60, save_every=5, keep_last=3, eval_every=20)
+    cfg.model.dropout = 0.1                       # resume must restore the dropout RNG too
+    train(cfg, tmp_path / "straight", progress=False)
+
+    killed = tmp_path / "killed"
+    args = ["pretrain", "--out", str(killed), "--quiet", *[f"--set={s}" for s in overrides(cfg)]]
+    proc = cli(args)
+    first = killed / "checkpoints" / "step_00000005"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = max(s for s, _ in curve(killed))
+    assert done < 60
+
+    resumed = cli(["pretrain", "--out", str(killed), "--resume", "--quiet"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed" in err
+    assert curve(killed) == curve(tmp_path / "straight")
+    assert curve(killed, "valid") == curve(tmp_path / "straight", "valid")
+    a = load_file(str(ckpt.latest_checkpoint(killed) / "model.safetensors"))
+    b = load_file(str(ckpt.latest_checkpoint(tmp_path / "straight") / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_gradient_accumulation_matches_one_big_batch(kjv_data):
+    """Global target-count normalisation: two accumulated micro-batches give the update of their
+    concatenation, even when they hold different numbers of masked tokens (whole-word masking)."""
+    from contextlib import nullcontext as no_autocast
+    from unimask.data.loader import Blocks, TrainLoader
+    from unimask.data.store import TokenStore
+    from unimask.model.encoder import Encoder
+    from unimask.objectives import OBJECTIVES, PretrainModel, TokenBatch, Vocab
+    from unimask.train.optim import build_optimizer
+    from unimask.train.parallel import DistInfo
+    from unimask.train.loop import train_step
+
+    cfg = tiny_run_config(kjv_data)
+    cfg.model.dropout = cfg.model.attention_dropout = 0.0
+    cfg.objective.masking = "whole_word"
+    store = TokenStore(kjv_data)
+    cfg.model.vocab_size = store.vocab_size
+    vocab = Vocab(size=store.vocab_size, word_start=store.word_start_mask())
+    loader = TrainLoader(Blocks(store, 32, True), 4, 0, OBJECTIVES["mlm"](cfg.objective, cfg.model, vocab).corrupt)
+    a, b = next(loader), next(loader)
+    assert a.labels.ne(-100).sum() != b.labels.ne(-100).sum()
+    both = TokenBatch(torch.cat([a.input_ids, b.input_ids]), labels=torch.cat([a.labels, b.labels]))
+    weights = []
+    for batches in ([a, b], [both]):
+        torch.manual_seed(0)
+        model = PretrainModel(Encoder(cfg.model), OBJECTIVES["mlm"](cfg.objective, cfg.model, vocab))
+        opt = build_optimizer(model, 1e-3, (0.9, 0.98), 1e-6, 0.01)
+        params = list(model.parameters())
+        result = train_step(model, opt, batches, no_autocast, DistInfo(), params, clip_norm=0.0)
+        weights.append((result.loss, [p.detach().clone() for p in params]))
+    assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-6)
+    for x, y in zip(weights[0][1], weights[1][1]):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+
+
+def test_run_dir_with_checkpoints_is_protected(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=2)
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_run_config(kjv_data, steps=2), tmp_path / "run", progress=False)
+    other = tiny_run_config(kjv_data, steps=4)
+    other.model.hidden_size, other.model.intermediate_size = 64, 128
+    with pytest.raises(UserError, match="another model.*hidden_size"):
+        train(other, tmp_path / "run", resume=True, progress=False)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert before == ["step_00000002"]
+
+
+def test_corrupted_checkpoint_is_reported(kjv_data, tmp_path):
+    train(tiny_run_config(kjv_data, steps=2), tmp_path / "run", progress=False)
+    latest = ckpt.latest_checkpoint(tmp_path / "run")
+    data = bytearray((latest / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (latest / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="corrupted.*model.safetensors"):
+        train(tiny_run_config(kjv_data, steps=4), tmp_path / "run", resume=True, progress=False)
+    proc = cli(["pretrain", "--out", str(tmp_path / "run"), "--resume", "--quiet"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "corrupted" in err
+
+
+def test_checkpoint_state_round_trips_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "rng": {"torch": torch.get_rng_state()}, "loader": {"next_index": 7}}
+    path = ckpt.save_checkpoint(tmp_path, 3, model.state_dict(), state, {"a": 1}, None, keep_last=1)
+    weights, restored, config = ckpt.load_checkpoint(path)
+    assert restored["step"] == 3 and restored["loader"] == {"next_index": 7} and config == {"a": 1}
+    assert torch.equal(restored["rng"]["torch"], state["rng"]["torch"])
+    assert torch.equal(restored["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters())
+    opt2.load_state_dict(restored["optimizer"])
+    assert torch.equal(weights["weight"], model.weight.detach())
+    assert "pickle" not in (path / "train_state.json").read_text()
+
+
+def test_saved_config_round_trips(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=2)
+    train(cfg, tmp_path / "run", progress=False)
+    saved = config_mod.from_dict(ckpt.load_config(ckpt.latest_checkpoint(tmp_path / "run")))
+    assert saved.to_dict() == cfg.to_dict()
