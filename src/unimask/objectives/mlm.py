@@ -12,7 +12,8 @@ from typing import Literal
 import math
 
 import torch
-import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..model.encoder import Encoder, EncoderConfig
 from ..model.heads import LMHead
@@ -46,6 +47,54 @@ def choose_mask(batch: TokenBatch, cfg: MLMConfig, vocab: Vocab, rng: torch.Gene
     return masking.token_mask(candidates, cfg.mask_prob, rng)
 
 
+class _SummedCrossEntropy(torch.autograd.Function):
+    """sum_i CE(logits_i, target_i) in fp32, computed in row chunks that stay in cache.
+
+    The same math as `F.cross_entropy(logits.float(), targets, reduction="sum")`: per row
+    logsumexp(x) - x[target] with x upcast to fp32, gradient (softmax(x) - onehot) * grad, but
+    without materialising the fp32 copy of the (N, V) logits, its log-softmax and its fp32 gradient
+    (three N x V x 4-byte tensors, plus the casts back to bf16 under autocast): each chunk of rows is
+    upcast, reduced and (in backward) turned into its gradient while it is in cache, and the gradient
+    is written straight in the logits' dtype. Also returns the argmax per row (identical to
+    `logits.argmax(-1)`: the upcast to fp32 is exact), which the accuracy metric needs.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, chunk: int):
+        n = logits.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)          # (N,)
+        predicted = torch.empty(n, dtype=torch.long, device=logits.device)       # (N,)
+        for s in range(0, n, chunk):
+            x = logits[s:s + chunk].float()                                      # (c, V) fp32
+            torch.logsumexp(x, dim=-1, out=lse[s:s + chunk])
+            torch.argmax(x, dim=-1, out=predicted[s:s + chunk])
+        target_logit = logits.gather(1, targets[:, None]).squeeze(1).float()     # (N,)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(predicted)
+        return (lse - target_logit).sum(), predicted
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor, _grad_predicted):
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)                                          # (N, V), logits' dtype
+        c = ctx.chunk
+        for s in range(0, logits.shape[0], c):
+            p = torch.exp(logits[s:s + c].float() - lse[s:s + c, None])         # softmax, (c, V) fp32
+            rows = torch.arange(p.shape[0], device=p.device)
+            p[rows, targets[s:s + c]] -= 1.0                                     # - onehot
+            grad[s:s + c] = p.mul_(grad_loss)
+        return grad, None, None
+
+
+def summed_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, V) logits (any float dtype), (N,) targets -> (fp32 summed CE, (N,) argmax predictions)."""
+    budget = (1 << 19) if logits.device.type == "cpu" else (1 << 26)              # elements per chunk
+    chunk = max(1, budget // max(1, logits.shape[-1]))
+    return _SummedCrossEntropy.apply(logits, targets, chunk)
+
+
 class MLM(Objective):
     name = "mlm"
     Config = MLMConfig
@@ -68,9 +117,9 @@ class MLM(Objective):
         selected = batch.labels.ne(-100)                                                   # (B, T)
         targets = batch.labels[selected]                                                   # (N,)
         logits = self.head(hidden[selected], encoder.word_embeddings.weight)              # (N, V)
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        loss, predicted = summed_cross_entropy(logits, targets)                           # fp32, (N,)
         n = selected.sum()
-        correct = (logits.argmax(-1) == targets).sum()
+        correct = (predicted == targets).sum()
         return ObjectiveOutput(loss, n, {"mlm_loss": ratio(loss, n), "mlm_acc": ratio(correct, n)})
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:

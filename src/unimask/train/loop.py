@@ -96,7 +96,7 @@ class MetricsLog:
                 pass
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records a killed run wrote after the checkpoint it resumes from."""
+        """Drop records written after `step` (by a killed run, or a run that never checkpointed)."""
         if not (self.enabled and self.path.exists()):
             return
         keep = [line for line in self.path.read_text().splitlines()
@@ -236,7 +236,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         step = 0
         if existing is not None:
             step = _restore(existing, model, optimizer, scheduler, loader, info)
-            log.truncate_after(step)
+        log.truncate_after(step)      # records a killed run wrote after its last checkpoint
+        if existing is not None:
             if info.is_main:
                 print(f"resumed {run_dir} from step {step}", file=sys.stderr)
 
