@@ -115,8 +115,21 @@ def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
         pairs.append((key.strip(), value.strip()))
     first = [p for p in pairs if p[0] in ("objective_name", "size")]
-    for key, value in first + [p for p in pairs if p not in first]:
+    for key, value in first:
         cfg = _apply_one(cfg, key, value)
+    # the fields of one part are validated together, so `model.num_heads=3 model.hidden_size=96`
+    # works in either order (each part's __post_init__ only sees the final combination)
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in [p for p in pairs if p not in first]:
+        part, name, parsed = _parse_one(cfg, key, value)
+        changes.setdefault(part, {})[name] = parsed
+    for part, fields in changes.items():
+        try:
+            new = dataclasses.replace(getattr(cfg, part), **fields)
+        except ValueError as e:
+            sets = " ".join(f"{part}.{k}" for k in fields)
+            raise UserError(f"--set {sets}: {e}") from None
+        cfg = dataclasses.replace(cfg, **{part: new})
     return cfg
 
 
@@ -125,9 +138,13 @@ def _apply_one(cfg: RunConfig, key: str, value: str) -> RunConfig:
         if value not in OBJECTIVES:
             raise UserError(f"--set objective_name={value}: choose one of {', '.join(OBJECTIVES)}")
         return dataclasses.replace(cfg, objective_name=value, objective=OBJECTIVES[value].Config())
-    if key == "size":
-        keep = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ENCODER_SIZES.get(value, {})}
-        return dataclasses.replace(cfg, size=value, model=sized(value, **keep))
+    # key == "size"
+    keep = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ENCODER_SIZES.get(value, {})}
+    return dataclasses.replace(cfg, size=value, model=sized(value, **keep))
+
+
+def _parse_one(cfg: RunConfig, key: str, value: str) -> tuple[str, str, Any]:
+    """`part.name`, text -> (part, name, typed value), or a UserError naming the key."""
     part, _, name = key.partition(".")
     parts = {"model": cfg.model, "objective": cfg.objective, "data": cfg.data, "train": cfg.train}
     if part not in parts or not name:
@@ -142,8 +159,4 @@ def _apply_one(cfg: RunConfig, key: str, value: str) -> RunConfig:
         hint = difflib.get_close_matches(key, full, 1)
         raise UserError(f"unknown config key {key!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
                         f"known {part} keys: {', '.join(types_)}")
-    try:
-        new = dataclasses.replace(target, **{name: parse_value(value, types_[name], key)})
-    except ValueError as e:
-        raise UserError(f"--set {key}={value}: {e}") from None
-    return dataclasses.replace(cfg, **{part: new})
+    return part, name, parse_value(value, types_[name], key)

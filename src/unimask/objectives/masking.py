@@ -45,7 +45,8 @@ def whole_word_mask(input_ids: Tensor, candidates: Tensor, word_start: Tensor, p
     BERT's whole-word-masking release; the first word is always taken.
     """
     B, T = input_ids.shape
-    starts = candidates & (word_start[input_ids] | ~torch.roll(candidates, 1, dims=1))
+    previous = torch.cat([torch.zeros_like(candidates[:, :1]), candidates[:, :-1]], dim=1)  # no wrap-around
+    starts = candidates & (word_start[input_ids] | ~previous)              # a row may open mid-word
     word = torch.cumsum(starts.long(), dim=1) - 1                          # (B, T) word index per token
     word = torch.where(candidates, word, torch.full_like(word, T))         # non-candidates -> dummy T
     length = torch.zeros(B, T + 1, dtype=torch.long, device=input_ids.device)

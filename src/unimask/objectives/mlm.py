@@ -40,7 +40,7 @@ class MLMConfig:
 def choose_mask(batch: TokenBatch, cfg: MLMConfig, vocab: Vocab, rng: torch.Generator) -> torch.Tensor:
     """(B, T) bool: the positions to predict, at the configured granularity."""
     candidates = masking.candidate_mask(batch.input_ids, vocab.special_ids)
-    if cfg.masking == "whole_word" and vocab.word_start is not None:
+    if cfg.masking == "whole_word":
         return masking.whole_word_mask(batch.input_ids, candidates, vocab.word_start, cfg.mask_prob, rng)
     if cfg.masking == "span":
         return masking.span_mask(candidates, cfg.mask_prob, rng)
@@ -101,6 +101,8 @@ class MLM(Objective):
 
     def __init__(self, cfg: MLMConfig, encoder_cfg: EncoderConfig, vocab: Vocab) -> None:
         super().__init__(cfg, encoder_cfg, vocab)
+        if cfg.masking == "whole_word" and vocab.word_start is None:
+            raise ValueError("whole_word masking needs the tokenizer's word_start table in Vocab")
         self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps)
 
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:

@@ -1,0 +1,91 @@
+"""The command line: one-line errors with exit code 2, help, and a tiny successful pretraining run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_run_config
+from test_train import overrides
+from unimask.cli import main
+from unimask.train import checkpoint as ckpt
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("unimask pretrain: error: "), err
+    return lines[0]
+
+
+def test_bad_override_key(capsys, tmp_path):
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "r"), "--set", "train.stepz=3"])
+    assert "train.stepz" in line and "train.steps" in line
+    assert not (tmp_path / "r").exists()                  # nothing is created for a bad command
+
+
+def test_bad_override_value(capsys, tmp_path):
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "r"), "--set", "train.steps=abc"])
+    assert "train.steps=abc" in line and "int" in line
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "r"), "--set", "train.steps"])
+    assert "KEY=VALUE" in line
+
+
+def test_missing_data(capsys, tmp_path):
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "r"), "--quiet", "--data", "/nonexistent"])
+    assert "/nonexistent" in line and "unimask prepare" in line
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "empty"), "--resume"])
+    assert "--resume" in line and "no checkpoint" in line
+    line = one_error_line(capsys, ["pretrain", "--out", str(tmp_path / "missing"), "--resume"])
+    assert "no checkpoint" in line
+
+
+def test_unknown_recipe_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "--recipe", "no_such_recipe"])
+    assert info.value.code != 0
+    assert "no_such_recipe" in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["pretrian"])
+    assert info.value.code != 0
+
+
+@pytest.mark.parametrize("argv,expect", [(["--help"], "pretrain"), (["pretrain", "--help"], "--recipe")])
+def test_help(capsys, argv, expect):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unimask") and expect in out
+
+
+def test_pretrain_runs_and_writes_a_checkpoint(kjv_data, tmp_path, capsys):
+    cfg = tiny_run_config(kjv_data, steps=3)
+    out = tmp_path / "run"
+    args = ["pretrain", "--out", str(out), "--quiet"]
+    for s in overrides(cfg):
+        args += ["--set", s]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "done: 3 steps" in err
+    latest = ckpt.latest_checkpoint(out)
+    assert latest.name == "step_00000003"
+    assert (latest / "model.safetensors").is_file()
+    saved = json.loads((latest / "config.json").read_text())
+    assert saved["train"]["steps"] == 3 and saved["model"]["hidden_size"] == 32
+    assert saved["data"]["path"] == str(kjv_data)
+    # a second start in the same directory is refused with one line, pointing at --resume
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unimask pretrain: error:") and "--resume" in lines[0]
