@@ -162,36 +162,66 @@ def attention_bias(attention_mask: Tensor | None, relative_bias: Tensor | None, 
     return bias
 
 
-class Encoder(nn.Module):
-    """Token ids (or embeddings) -> hidden states (B, T, D). Never sees labels or objectives."""
+def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BlockStack(nn.Module):
+    """The Transformer blocks over already-embedded inputs (B, T, D) -> (B, T, D): the shared
+    relative bias, the blocks, and the final LayerNorm of pre-LN stacks. Auxiliary networks that
+    read another module's embeddings (ELECTRA/COCO-LM generators, MAE-LM's decoder) are BlockStacks."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embeddings = Embeddings(cfg)
         self.relative_bias = RelativePositionBias(cfg) if cfg.relative_buckets > 0 else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
-        self.apply(self._init_weights)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    def forward(self, x: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        rel = self.relative_bias(position_ids) if self.relative_bias is not None else None  # (B, H, T, T)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        mask = attention_bias(attention_mask, rel, dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Encoder(BlockStack):
+    """Token ids (or embeddings) -> hidden states (B, T, D). Never sees labels or objectives."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.embeddings = Embeddings(cfg)
+        self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
 
     @property
     def word_embeddings(self) -> nn.Embedding:
         """The input embedding table: LM heads tie their output projection to it."""
         return self.embeddings.word
+
+    def embed(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+              position_ids: Tensor | None = None, token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The embedding layer's output (B, T, D) and the position ids it used (B, T)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings.word(input_ids)  # (B, T, D)
+        B, T, _ = inputs_embeds.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=inputs_embeds.device).expand(B, T)
+        return self.embeddings(inputs_embeds, position_ids, token_type_ids), position_ids
 
     def forward(
         self,
@@ -202,17 +232,6 @@ class Encoder(nn.Module):
         token_type_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
     ) -> Tensor:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embeddings.word(input_ids)  # (B, T, D)
-        B, T, _ = inputs_embeds.shape
-        if position_ids is None:
-            position_ids = torch.arange(T, device=inputs_embeds.device).expand(B, T)
-        x = self.embeddings(inputs_embeds, position_ids, token_type_ids)
-        rel = self.relative_bias(position_ids) if self.relative_bias is not None else None  # (B, H, T, T)
-        mask = attention_bias(attention_mask, rel, x.dtype if not torch.is_autocast_enabled(x.device.type)
-                              else torch.get_autocast_dtype(x.device.type))
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.final_norm(x) if self.final_norm is not None else x
+        x, position_ids = self.embed(input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+                                     token_type_ids=token_type_ids)
+        return super().forward(x, position_ids, attention_mask)
