@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,9 @@ class Objective(nn.Module):
     def __init__(self, cfg, encoder_cfg: EncoderConfig, vocab: Vocab) -> None:
         super().__init__()
         self.cfg, self.encoder_cfg, self.vocab = cfg, encoder_cfg, vocab
+        # Set by the trainer under data parallelism (train/parallel.py): (N, ...) -> (world*N, ...),
+        # differentiable. Objectives that want cross-rank negatives use it; None on one process.
+        self.all_gather: Callable[[Tensor], Tensor] | None = None
 
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:
         return batch

@@ -222,6 +222,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
                       word_start=store.word_start_mask())
         objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
+        if info.world_size > 1:
+            objective.all_gather = parallel.all_gather_with_grad
         plain = PretrainModel(Encoder(cfg.model), objective)
         model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile)
         torch.manual_seed(tcfg.seed * 1000 + info.rank)      # per-rank dropout streams

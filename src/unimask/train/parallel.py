@@ -100,3 +100,10 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """(N, ...) on every rank -> (world*N, ...) in rank order; gradients flow back to each rank's part."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t), dim=0)
