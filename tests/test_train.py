@@ -170,3 +170,10 @@ def test_saved_config_round_trips(kjv_data, tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     saved = config_mod.from_dict(ckpt.load_config(ckpt.latest_checkpoint(tmp_path / "run")))
     assert saved.to_dict() == cfg.to_dict()
+
+
+def test_time_budget_stops_with_an_evaluation_and_a_checkpoint(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=1000, time_budget_minutes=1e-6)
+    last = train(cfg, tmp_path / "run", progress=False)
+    assert last["step"] == 1
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000001"]

@@ -48,6 +48,7 @@ class TrainConfig:
     save_every: int = 500                # 0 = only at the end
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
+    time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -307,6 +308,9 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 _say(bar, info, f"step {step}: valid loss {last_eval['loss']:.4f}")
             if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
                 save(step)
+            if tcfg.time_budget_minutes and _out_of_time(elapsed, tcfg.time_budget_minutes, info):
+                _say(bar, info, f"time budget of {tcfg.time_budget_minutes:g} min reached at step {step}")
+                break
         if bar is not None:
             bar.close()
         last_eval = evaluate(step)
@@ -319,6 +323,13 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         return last_eval
     finally:
         parallel.shutdown()
+
+
+def _out_of_time(elapsed: float, budget_minutes: float, info) -> bool:
+    """The main rank's clock decides, so every rank stops at the same step."""
+    from . import parallel
+    flag = torch.tensor([float(elapsed > 60 * budget_minutes and info.is_main)], device=info.device)
+    return bool(parallel.all_reduce_sum(flag).item())
 
 
 def _say(bar, info, text: str) -> None:
