@@ -6,6 +6,9 @@ from typing import Callable
 
 from .config import RunConfig, sized
 from .data.loader import DataConfig
+from .objectives.cocolm import CocoLMConfig
+from .objectives.electra import ElectraConfig
+from .objectives.maelm import MAELMConfig
 from .objectives.mlm import MLMConfig
 from .train.loop import TrainConfig
 
@@ -33,6 +36,63 @@ def mlm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, se
     return recipe
 
 
+def maelm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, seq_len: int = 128,
+          grad_accum: int = 1) -> Callable[[], RunConfig]:
+    """MAE-LM (Meng et al. 2023) with the schedule of the mlm_* recipe of the same size, so the two
+    compare at equal data and steps; the decoder has the official 4 layers at the encoder's width."""
+    def recipe() -> RunConfig:
+        return RunConfig(
+            objective_name="maelm", size=size, model=sized(size), objective=MAELMConfig(),
+            data=DataConfig(seq_len=seq_len),
+            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                              warmup_steps=warmup_steps, eval_every=1000, save_every=1000),
+        )
+    recipe.__doc__ = (f"MAE-LM, {size} encoder + 4-layer decoder, {steps} steps of "
+                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+    return recipe
+
+
+def cocolm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, generator_layers: int,
+           seq_len: int = 128, grad_accum: int = 1) -> Callable[[], RunConfig]:
+    """COCO-LM (Meng et al. 2021) with the official fairseq architecture: post-LN, learned absolute
+    positions plus a T5 relative bias of 32 buckets / max distance 128 shared by all layers (official
+    rel_pos_bins / max_rel_pos), a full-width generator of `generator_layers` (official: 4 under a
+    12-layer base, 2 under its 12 x 256 "cocolm_small"; 1 here under the 4-layer mini/small, about
+    the base's 1/3 of the depth), copy weight 50, SCL weight 1 and temperature 1, 15% all-[MASK]."""
+    def recipe() -> RunConfig:
+        return RunConfig(
+            objective_name="cocolm", size=size,
+            model=sized(size, relative_buckets=32, relative_max_distance=128),
+            objective=CocoLMConfig(generator_layers=generator_layers),
+            data=DataConfig(seq_len=seq_len),
+            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                              warmup_steps=warmup_steps, eval_every=1000, save_every=1000),
+        )
+    recipe.__doc__ = (f"COCO-LM, {size} encoder + {generator_layers}-layer generator, {steps} steps of "
+                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+    return recipe
+
+
+def electra(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, generator_hidden_size: int,
+            seq_len: int = 128, grad_accum: int = 1) -> Callable[[], RunConfig]:
+    """ELECTRA (Clark et al. 2020) with the paper's pretraining hyperparameters (table 6; the official
+    configure_pretraining.py / optimization.py): Adam(0.9, 0.999, 1e-6), weight decay 0.01, linear decay
+    after 10k warmup steps, clip 1.0, 15% masked (85% [MASK], 15% kept), generator of
+    `generator_hidden_size` at full depth, generator weight 1, RTD weight 50, temperature 1."""
+    def recipe() -> RunConfig:
+        return RunConfig(
+            objective_name="electra", size=size, model=sized(size),
+            objective=ElectraConfig(generator_hidden_size=generator_hidden_size),
+            data=DataConfig(seq_len=seq_len),
+            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, beta2=0.999,
+                              adam_eps=1e-6, weight_decay=0.01, warmup_steps=warmup_steps,
+                              eval_every=1000, save_every=1000),
+        )
+    recipe.__doc__ = (f"ELECTRA, {size} discriminator + {generator_hidden_size}-wide generator, {steps} steps of "
+                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+    return recipe
+
+
 RECIPES: dict[str, Callable[[], RunConfig]] = {
     "demo": demo,
     "mlm_tiny": mlm("tiny", steps=10_000, batch_size=64, lr=1e-3, warmup_steps=500),
@@ -41,4 +101,23 @@ RECIPES: dict[str, Callable[[], RunConfig]] = {
     # RoBERTa-base's schedule (Liu et al. 2019, table 9) scaled to one node: 125k steps, peak 6e-4
     "mlm_base": mlm("base", steps=125_000, batch_size=32, grad_accum=8, lr=6e-4, warmup_steps=10_000, seq_len=512),
     "mlm_large": mlm("large", steps=125_000, batch_size=16, grad_accum=16, lr=4e-4, warmup_steps=10_000, seq_len=512),
+    "maelm_mini": maelm("mini", steps=20_000, batch_size=64, lr=7e-4, warmup_steps=1000),
+    "maelm_small": maelm("small", steps=50_000, batch_size=64, lr=5e-4, warmup_steps=2000),
+    "maelm_base": maelm("base", steps=125_000, batch_size=32, grad_accum=8, lr=6e-4, warmup_steps=10_000, seq_len=512),
+    # mini / small: the mlm_* schedules of the same size, so the objectives compare at equal data and steps
+    "cocolm_mini": cocolm("mini", steps=20_000, batch_size=64, lr=7e-4, warmup_steps=1000, generator_layers=1),
+    "cocolm_small": cocolm("small", steps=50_000, batch_size=64, lr=5e-4, warmup_steps=2000, generator_layers=1),
+    # base: the paper's base runs are 125k steps of 2048 x 512 with 10k warmup (appendix; the released
+    # code has no pretraining script); on one node 256 sequences per step, so a lower peak lr, 2e-4
+    # (ELECTRA-base's at that batch size)
+    "cocolm_base": cocolm("base", steps=125_000, batch_size=32, grad_accum=8, lr=2e-4, warmup_steps=10_000,
+                          generator_layers=4, seq_len=512),
+    # ELECTRA-Small's recipe (table 6: lr 5e-4, 128 x 128 tokens, 10k warmup, generator 1/4 of the width)
+    # on the mini (its 256 width at 4 layers) and small encoders, for 100k of its 1M steps
+    "electra_mini": electra("mini", steps=100_000, batch_size=128, lr=5e-4, warmup_steps=10_000, generator_hidden_size=64),
+    "electra_small": electra("small", steps=100_000, batch_size=128, lr=5e-4, warmup_steps=10_000,
+                             generator_hidden_size=128),
+    # ELECTRA-Base's (table 6): lr 2e-4, 256 x 512 tokens, 766k steps, 10k warmup, generator 1/3 of the width
+    "electra_base": electra("base", steps=766_000, batch_size=32, grad_accum=8, lr=2e-4, warmup_steps=10_000,
+                            generator_hidden_size=256, seq_len=512),
 }

@@ -117,9 +117,13 @@ class TrainLoader:
 
 def eval_batches(blocks: Blocks, batch_size: int, num_batches: int, seed: int, corrupt: Callable,
                  rank: int = 0, world_size: int = 1) -> Iterator[TokenBatch]:
-    """The first num_batches*batch_size held-out blocks in order, with fixed corruption, so every
-    evaluation of a run scores the same tokens. Rank r takes batches r, r+W, ..."""
-    total = min(num_batches, -(-len(blocks) // batch_size))
-    for g in range(rank, total, world_size):
+    """The first held-out blocks in order, with fixed corruption, so every evaluation of a run scores
+    the same tokens. Rank r takes batches r, r+W, ...; every rank gets the same number of batches
+    (FSDP's forward is collective), so the count is rounded down to a multiple of W (and a held-out
+    split smaller than W batches is shared round-robin, some batches scored twice)."""
+    available = min(num_batches, -(-len(blocks) // batch_size))
+    per_rank = max(1, available // world_size) if available else 0
+    for k in range(per_rank):
+        g = (rank + k * world_size) % available
         idx = np.arange(g * batch_size, min((g + 1) * batch_size, len(blocks)))
         yield corrupt(blocks.gather(idx), corruption_rng(seed, g, stream=1))
