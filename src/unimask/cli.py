@@ -53,6 +53,7 @@ COMMANDS = {
     "pretrain": ("pretrain an encoder with a recipe", (_pretrain_arguments, _pretrain)),
     "export": ("export a checkpoint to Hugging Face transformers", "unimask.export.hf"),
     "bench": ("measure training throughput, FLOPs, MFU and memory", "unimask.bench"),
+    "analyze": ("diagnose checkpoints: effective rank of token representations per layer", "unimask.analyze"),
 }
 
 

@@ -36,7 +36,8 @@ class TokenBatch:
 
     @property
     def num_tokens(self) -> int:
-        return self.input_ids.numel()
+        """Text tokens in the batch (labels cover the full text when the encoder sees fewer, MAE-LM)."""
+        return (self.labels if self.labels is not None else self.input_ids).numel()
 
 
 @dataclass
