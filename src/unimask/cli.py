@@ -1,4 +1,4 @@
-"""unimask prepare | pretrain | export | bench  (also `python -m unimask ...`, e.g. under torchrun)."""
+"""unimask prepare | pretrain | export | bench | analyze  (also `python -m unimask ...`, e.g. under torchrun)."""
 
 from __future__ import annotations
 
