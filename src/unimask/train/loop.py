@@ -222,7 +222,10 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         torch.manual_seed(tcfg.seed)
         vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
                       word_start=store.word_start_mask())
-        objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
+        try:
+            objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
+        except ValueError as e:
+            raise UserError(f"invalid {cfg.objective_name} settings: {e}") from None
         if info.world_size > 1:
             objective.all_gather = parallel.all_gather_with_grad
         plain = PretrainModel(Encoder(cfg.model), objective)
