@@ -58,13 +58,12 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
 from .generator import MLMGenerator, generator_config
-from .mlm import choose_mask, summed_cross_entropy
+from .mlm import choose_mask, row_cross_entropy, summed_cross_entropy
 
 
 @dataclass
@@ -194,44 +193,6 @@ def scl_loss(z_a: Tensor, z_b: Tensor, temperature: float,
         loss = F.cross_entropy(sim, target, reduction="sum")
         correct = (sim.detach().argmax(-1) == target).sum()
     return loss, correct, n
-
-
-class _RowCrossEntropy(torch.autograd.Function):
-    """Per-row CE(logits_i, target_i) in fp32, chunked like mlm's `_SummedCrossEntropy` (no fp32 copy
-    of the (N, V) logits is kept), for the copy-weighted CLM loss that needs each row's value."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, chunk: int):
-        n = logits.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=logits.device)          # (N,)
-        predicted = torch.empty(n, dtype=torch.long, device=logits.device)       # (N,)
-        for s in range(0, n, chunk):
-            x = logits[s:s + chunk].float()                                      # (c, V) fp32
-            torch.logsumexp(x, dim=-1, out=lse[s:s + chunk])
-            torch.argmax(x, dim=-1, out=predicted[s:s + chunk])
-        target_logit = logits.gather(1, targets[:, None]).squeeze(1).float()     # (N,)
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.chunk = chunk
-        ctx.mark_non_differentiable(predicted)
-        return lse - target_logit, predicted
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_rows: Tensor, _grad_predicted):
-        logits, targets, lse = ctx.saved_tensors
-        grad = torch.empty_like(logits)                                          # (N, V), logits' dtype
-        c = ctx.chunk
-        for s in range(0, logits.shape[0], c):
-            p = torch.exp(logits[s:s + c].float() - lse[s:s + c, None])         # softmax, (c, V) fp32
-            p[torch.arange(p.shape[0], device=p.device), targets[s:s + c]] -= 1.0
-            grad[s:s + c] = p.mul_(grad_rows[s:s + c, None])
-        return grad, None, None
-
-
-def row_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, V) logits, (N,) targets -> ((N,) fp32 CE per row, (N,) argmax predictions)."""
-    budget = (1 << 19) if logits.device.type == "cpu" else (1 << 26)              # elements per chunk
-    return _RowCrossEntropy.apply(logits, targets, max(1, budget // max(1, logits.shape[-1])))
 
 
 @contextlib.contextmanager

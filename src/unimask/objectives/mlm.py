@@ -47,10 +47,10 @@ def choose_mask(batch: TokenBatch, cfg: MLMConfig, vocab: Vocab, rng: torch.Gene
     return masking.token_mask(candidates, cfg.mask_prob, rng)
 
 
-class _SummedCrossEntropy(torch.autograd.Function):
-    """sum_i CE(logits_i, target_i) in fp32, computed in row chunks that stay in cache.
+class _RowCrossEntropy(torch.autograd.Function):
+    """CE(logits_i, target_i) per row in fp32, computed in row chunks that stay in cache.
 
-    The same math as `F.cross_entropy(logits.float(), targets, reduction="sum")`: per row
+    The same math as `F.cross_entropy(logits.float(), targets, reduction="none")`: per row
     logsumexp(x) - x[target] with x upcast to fp32, gradient (softmax(x) - onehot) * grad, but
     without materialising the fp32 copy of the (N, V) logits, its log-softmax and its fp32 gradient
     (three N x V x 4-byte tensors, plus the casts back to bf16 under autocast): each chunk of rows is
@@ -72,11 +72,11 @@ class _SummedCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(logits, targets, lse)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(predicted)
-        return (lse - target_logit).sum(), predicted
+        return lse - target_logit, predicted
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: Tensor, _grad_predicted):
+    def backward(ctx, grad_rows: Tensor, _grad_predicted):
         logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)                                          # (N, V), logits' dtype
         c = ctx.chunk
@@ -85,18 +85,24 @@ class _SummedCrossEntropy(torch.autograd.Function):
             p.sub_(lse[s:s + c, None]).exp_()                                    # softmax
             rows = torch.arange(p.shape[0], device=p.device)
             p[rows, targets[s:s + c]] -= 1.0                                     # - onehot
-            grad[s:s + c] = p.mul_(grad_loss)
+            grad[s:s + c] = p.mul_(grad_rows[s:s + c, None])
         return grad, None, None
 
 
-def summed_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, V) logits (any float dtype), (N,) targets -> (fp32 summed CE, (N,) argmax predictions)."""
+def row_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, V) logits (any float dtype), (N,) targets -> ((N,) fp32 CE per row, (N,) argmax predictions)."""
     # elements per chunk: 16 MB of fp32 on the CPU stays in L3 and under glibc's largest mmap
     # threshold (freed chunks are reused without page faults), yet makes few enough kernels that an
     # oversubscribed machine does not stall the threads at every one of them
     budget = (1 << 22) if logits.device.type == "cpu" else (1 << 26)
     chunk = max(1, budget // max(1, logits.shape[-1]))
-    return _SummedCrossEntropy.apply(logits, targets, chunk)
+    return _RowCrossEntropy.apply(logits, targets, chunk)
+
+
+def summed_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, V) logits, (N,) targets -> (fp32 summed CE, (N,) argmax predictions)."""
+    rows, predicted = row_cross_entropy(logits, targets)
+    return rows.sum(), predicted
 
 
 class MLM(Objective):
