@@ -24,7 +24,6 @@ under `objective.*`. Metrics are named like MLM's so runs compare directly.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +32,8 @@ from torch import Tensor, nn
 from ..model.encoder import BlockStack, Encoder, EncoderConfig, init_bert_weights
 from ..model.heads import LMHead
 from . import masking
-from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
-from .mlm import summed_cross_entropy
+from .base import Objective, ObjectiveOutput, TokenBatch, Vocab
+from .mlm import predict_masked, with_perplexity
 
 
 @dataclass
@@ -163,16 +162,7 @@ class MAELM(Objective):
         return self.decoder(x, batch.extras["decoder_position_ids"], batch.extras.get("decoder_attention_mask"))
 
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
-        x = self.decode(encoder, batch)                                           # (B, T, D)
-        selected = batch.labels.ne(-100)                                          # (B, T)
-        targets = batch.labels[selected]                                          # (N,)
-        logits = self.head(x[selected], encoder.word_embeddings.weight)          # (N, V)
-        loss, predicted = summed_cross_entropy(logits, targets)                  # fp32, (N,)
-        n = selected.sum()
-        correct = (predicted == targets).sum()
-        return ObjectiveOutput(loss, n, {"mlm_loss": ratio(loss, n), "mlm_acc": ratio(correct, n)})
+        return predict_masked(self.head, self.decode(encoder, batch), batch.labels, encoder)
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
-        if "mlm_loss" in means:
-            means = {**means, "mlm_ppl": math.exp(min(means["mlm_loss"], 50.0))}
-        return means
+        return with_perplexity(means)

@@ -105,6 +105,23 @@ def summed_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tenso
     return rows.sum(), predicted
 
 
+def predict_masked(head: LMHead, hidden: Tensor, labels: Tensor, encoder: Encoder) -> ObjectiveOutput:
+    """The tied LM head at the labelled positions only: summed CE, count, mlm_loss / mlm_acc."""
+    selected = labels.ne(-100)                                                       # (B, T)
+    targets = labels[selected]                                                       # (N,)
+    logits = head(hidden[selected], encoder.word_embeddings.weight)                  # (N, V)
+    loss, predicted = summed_cross_entropy(logits, targets)                          # fp32, (N,)
+    n = selected.sum()
+    correct = (predicted == targets).sum()
+    return ObjectiveOutput(loss, n, {"mlm_loss": ratio(loss, n), "mlm_acc": ratio(correct, n)})
+
+
+def with_perplexity(means: dict[str, float]) -> dict[str, float]:
+    if "mlm_loss" in means:
+        means = {**means, "mlm_ppl": math.exp(min(means["mlm_loss"], 50.0))}
+    return means
+
+
 class MLM(Objective):
     name = "mlm"
     Config = MLMConfig
@@ -126,15 +143,7 @@ class MLM(Objective):
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
         hidden = encoder(batch.input_ids, position_ids=batch.position_ids,
                          token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask)  # (B, T, D)
-        selected = batch.labels.ne(-100)                                                   # (B, T)
-        targets = batch.labels[selected]                                                   # (N,)
-        logits = self.head(hidden[selected], encoder.word_embeddings.weight)              # (N, V)
-        loss, predicted = summed_cross_entropy(logits, targets)                           # fp32, (N,)
-        n = selected.sum()
-        correct = (predicted == targets).sum()
-        return ObjectiveOutput(loss, n, {"mlm_loss": ratio(loss, n), "mlm_acc": ratio(correct, n)})
+        return predict_masked(self.head, hidden, batch.labels, encoder)
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
-        if "mlm_loss" in means:
-            means = {**means, "mlm_ppl": math.exp(min(means["mlm_loss"], 50.0))}
-        return means
+        return with_perplexity(means)
