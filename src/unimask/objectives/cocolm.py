@@ -63,7 +63,7 @@ from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
 from .generator import MLMGenerator, generator_config
-from .mlm import choose_mask, row_cross_entropy, summed_cross_entropy
+from .mlm import check_masking, mask_and_label, row_cross_entropy, summed_cross_entropy
 
 
 @dataclass
@@ -93,12 +93,7 @@ class CocoLMConfig:
     scl_negatives: Literal["local", "global"] = "local"   # "global": views of all ranks as negatives (training)
 
     def __post_init__(self) -> None:
-        if not 0 < self.mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), not {self.mask_prob}")
-        if self.mask_token_prob + self.random_token_prob > 1 or min(self.mask_token_prob, self.random_token_prob) < 0:
-            raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
-        if self.masking not in ("token", "whole_word", "span"):
-            raise ValueError(f"masking must be token, whole_word or span, not {self.masking!r}")
+        check_masking(self)
         if self.generator_layers < 1:
             raise ValueError(f"generator_layers must be at least 1, not {self.generator_layers}")
         if not 0 < self.generator_width_ratio <= 4:
@@ -278,17 +273,12 @@ class CocoLM(Objective):
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:
         """The generator's input (15% chosen, all [MASK] by default), labels there, and, with SCL on,
         the uncorrupted cropped view in extras["scl_view_ids"] / extras["scl_view_mask"] (B, T)."""
-        original = batch.input_ids
-        mask = choose_mask(batch, self.cfg, self.vocab, rng)                                # (B, T)
-        corrupted = masking.apply_bert_replacement(
-            original, mask, self.vocab.mask, self.vocab.size, rng,
-            self.cfg.mask_token_prob, self.cfg.random_token_prob)
-        labels = torch.where(mask, original, torch.full_like(original, -100))
+        masked = mask_and_label(batch, self.cfg, self.vocab, rng)
         extras = dict(batch.extras)
         if self.scl_head is not None:
-            view, view_mask = crop_view(original, batch.attention_mask, self.cfg.crop_fraction, self.vocab, rng)
+            view, view_mask = crop_view(batch.input_ids, batch.attention_mask, self.cfg.crop_fraction, self.vocab, rng)
             extras["scl_view_ids"], extras["scl_view_mask"] = view, view_mask
-        return batch.replace(input_ids=corrupted, labels=labels, extras=extras)
+        return masked.replace(extras=extras)
 
     # -- model side --
 

@@ -35,7 +35,7 @@ from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
 from .generator import MLMGenerator, generator_config
-from .mlm import choose_mask, summed_cross_entropy
+from .mlm import check_masking, mask_and_label, summed_cross_entropy
 
 
 @dataclass
@@ -51,12 +51,7 @@ class ElectraConfig:
     rtd_weight: float = 50.0             # weight of the replaced-token-detection loss (mean over real tokens)
 
     def __post_init__(self) -> None:
-        if not 0 < self.mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), not {self.mask_prob}")
-        if self.mask_token_prob + self.random_token_prob > 1 or min(self.mask_token_prob, self.random_token_prob) < 0:
-            raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
-        if self.masking not in ("token", "whole_word", "span"):
-            raise ValueError(f"masking must be token, whole_word or span, not {self.masking!r}")
+        check_masking(self)
         for name in ("generator_hidden_size", "generator_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (automatic) or positive, not {getattr(self, name)}")
@@ -145,12 +140,7 @@ class Electra(Objective):
 
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:
         """The generator's input: 15% chosen, [MASK] / random / kept as configured; labels there."""
-        mask = choose_mask(batch, self.cfg, self.vocab, rng)                               # (B, T)
-        corrupted = masking.apply_bert_replacement(
-            batch.input_ids, mask, self.vocab.mask, self.vocab.size, rng,
-            self.cfg.mask_token_prob, self.cfg.random_token_prob)
-        labels = torch.where(mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
-        return batch.replace(input_ids=corrupted, labels=labels)
+        return mask_and_label(batch, self.cfg, self.vocab, rng)
 
     def _sampling_rng(self, batch: TokenBatch) -> torch.Generator | None:
         """Training samples from the global RNG (per-rank seeded, saved in checkpoints). Evaluation

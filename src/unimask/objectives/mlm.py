@@ -29,12 +29,26 @@ class MLMConfig:
     masking: Literal["token", "whole_word", "span"] = "token"
 
     def __post_init__(self) -> None:
-        if not 0 < self.mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), not {self.mask_prob}")
-        if self.mask_token_prob + self.random_token_prob > 1 or min(self.mask_token_prob, self.random_token_prob) < 0:
-            raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
-        if self.masking not in ("token", "whole_word", "span"):
-            raise ValueError(f"masking must be token, whole_word or span, not {self.masking!r}")
+        check_masking(self)
+
+
+def check_masking(cfg) -> None:
+    """Validate the masking fields that MLM, ELECTRA and COCO-LM configs share."""
+    if not 0 < cfg.mask_prob < 1:
+        raise ValueError(f"mask_prob must be in (0, 1), not {cfg.mask_prob}")
+    if cfg.mask_token_prob + cfg.random_token_prob > 1 or min(cfg.mask_token_prob, cfg.random_token_prob) < 0:
+        raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
+    if cfg.masking not in ("token", "whole_word", "span"):
+        raise ValueError(f"masking must be token, whole_word or span, not {cfg.masking!r}")
+
+
+def mask_and_label(batch: TokenBatch, cfg, vocab: Vocab, rng: torch.Generator) -> TokenBatch:
+    """Choose positions, replace them ([MASK] / random / kept as `cfg` says) and label them."""
+    mask = choose_mask(batch, cfg, vocab, rng)                                             # (B, T)
+    corrupted = masking.apply_bert_replacement(batch.input_ids, mask, vocab.mask, vocab.size, rng,
+                                               cfg.mask_token_prob, cfg.random_token_prob)
+    labels = torch.where(mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
+    return batch.replace(input_ids=corrupted, labels=labels)
 
 
 def choose_mask(batch: TokenBatch, cfg: MLMConfig, vocab: Vocab, rng: torch.Generator) -> torch.Tensor:
@@ -133,12 +147,7 @@ class MLM(Objective):
         self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps)
 
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:
-        mask = choose_mask(batch, self.cfg, self.vocab, rng)                              # (B, T)
-        corrupted = masking.apply_bert_replacement(
-            batch.input_ids, mask, self.vocab.mask, self.vocab.size, rng,
-            self.cfg.mask_token_prob, self.cfg.random_token_prob)
-        labels = torch.where(mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
-        return batch.replace(input_ids=corrupted, labels=labels)
+        return mask_and_label(batch, self.cfg, self.vocab, rng)
 
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
         hidden = encoder(batch.input_ids, position_ids=batch.position_ids,
