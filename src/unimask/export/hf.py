@@ -349,6 +349,55 @@ def load_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig]:
     return encoder.eval(), cfg
 
 
+BERT_TO_ENCODER_CONFIG: dict[str, str] = {
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_positions", "type_vocab_size": "type_vocab_size",
+    "hidden_dropout_prob": "dropout", "attention_probs_dropout_prob": "attention_dropout",
+    "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range", "pad_token_id": "pad_token_id",
+}
+"""transformers `BertConfig` fields -> `EncoderConfig` fields (the inverse of `to_bert_config`)."""
+
+
+def is_hf_directory(path: str | Path) -> bool:
+    """A directory written by `save_pretrained` for a BERT model (config.json with model_type "bert")."""
+    config = Path(path).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def load_hf_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig, Tokenizer]:
+    """The `Encoder`, its config and tokenizer from a transformers BERT directory (one that `unimask export`
+    wrote, or any BertModel / BertFor* saved as safetensors with a tokenizer.json): `ENCODER_TO_BERT` read
+    backwards; the pooler and task heads are left out."""
+    path = Path(path).expanduser()
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise UserError(f"{path}/config.json has hidden_act={config['hidden_act']!r}; unimask encoders use exact GELU")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{path}/config.json uses {config['position_embedding_type']} position embeddings; "
+                        "unimask loads BERT with absolute positions only")
+    cfg = EncoderConfig(**{ours: config[theirs] for theirs, ours in BERT_TO_ENCODER_CONFIG.items() if theirs in config})
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{path} has no model.safetensors; save the model with safe_serialization=True "
+                        "(unimask never unpickles pytorch_model.bin)")
+    with torch.device("meta"):
+        encoder = Encoder(cfg)
+    ours = list(encoder.state_dict())
+    theirs = rename({k: torch.empty(0) for k in ours}, ENCODER_TO_BERT)
+    back = dict(zip(theirs, ours))
+    stored = _read_tensors(weights, "")
+    prefix = "bert." if any(k.startswith("bert.") for k in stored) else ""
+    state = {back[k[len(prefix):]]: v for k, v in stored.items() if k.startswith(prefix) and k[len(prefix):] in back}
+    _fit(encoder, state, str(weights))
+    return encoder.eval(), cfg, _read_tokenizer(path / "tokenizer.json", cfg)
+
+
 def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
     """Export a checkpoint (or a run directory's latest) to `out`: BertForMaskedLM when its objective
     has a tied LM head (`MLM_HEADS`), else BertModel."""

@@ -1,0 +1,93 @@
+"""The contract between fine-tuning tasks and the fine-tuning loop (ELECTRA's fine-tuning `Task`).
+
+A task reads its examples, turns them into features (token ids plus whatever its loss needs), owns
+the head it puts on the encoder's hidden states, and scores predictions with the official metric.
+The loop (tasks/finetune.py) only batches features, runs encoder + head, and keeps the best epoch.
+
+Features are plain dicts of python values so they can be cached, sliced and collated without the
+task's help: "input_ids" and "token_type_ids" (lists of ints, [CLS] ... [SEP] already added) are
+padded by `collate`; keys starting with "_" (offsets, ids) stay out of batches; every other key holds
+one number or one fixed-length list per feature and is stacked as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens a task needs to build its inputs."""
+
+    pad: int
+    cls: int
+    sep: int
+    unk: int = 1
+    mask: int = 4
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> "SpecialIds":
+        ids = {name: tokenizer.token_to_id(f"[{name.upper()}]") for name in ("pad", "cls", "sep", "unk", "mask")}
+        missing = [f"[{k.upper()}]" for k, v in ids.items() if v is None]
+        if missing:
+            from ..errors import UserError
+            raise UserError(f"the tokenizer has no {', '.join(missing)} token; fine-tuning needs BERT's special tokens")
+        return cls(**ids)
+
+
+class Task:
+    """Base class; subclasses set `name`, `metric` and implement the methods below."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]             # the key of `score` that selects the best epoch / learning rate
+    eval_splits: tuple[str, ...] = ("dev",)
+
+    def examples(self, split: str) -> list[Any]:
+        """The examples of `split` ("train" or one of `eval_splits`)."""
+        raise NotImplementedError
+
+    def featurize(self, examples: list[Any], tokenizer: Tokenizer, special: SpecialIds,
+                  max_length: int) -> list[dict[str, Any]]:
+        """Features for the encoder; each carries "example" (the index of its example)."""
+        raise NotImplementedError
+
+    def head(self, hidden_size: int, dropout: float) -> nn.Module:
+        """A fresh head for hidden states (B, T, D)."""
+        raise NotImplementedError
+
+    def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(summed loss, number of terms) for one batch; the loop divides."""
+        raise NotImplementedError
+
+    def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor | tuple[Tensor, ...]:
+        """Raw outputs for one batch (first dimension = batch); the loop concatenates them on the CPU."""
+        raise NotImplementedError
+
+    def score(self, examples: list[Any], features: list[dict[str, Any]],
+              outputs: Tensor | tuple[Tensor, ...]) -> dict[str, float]:
+        """Official metrics (in percent) from the concatenated outputs of every feature of a split."""
+        raise NotImplementedError
+
+
+def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:
+    """Pad "input_ids"/"token_type_ids" to the longest feature, add "attention_mask", stack the rest."""
+    width = max(len(f["input_ids"]) for f in features)
+    out: dict[str, Tensor] = {}
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        types[i, :n] = torch.tensor(f.get("token_type_ids", [0] * n))
+    out["input_ids"], out["token_type_ids"] = ids, types
+    out["attention_mask"] = torch.arange(width)[None, :] < torch.tensor([len(f["input_ids"]) for f in features])[:, None]
+    for key in features[0]:
+        if key in ("input_ids", "token_type_ids") or key.startswith("_"):
+            continue
+        out[key] = torch.tensor([f[key] for f in features])
+    return out

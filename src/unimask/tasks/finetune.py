@@ -1,0 +1,436 @@
+"""`unimask finetune`: fine-tune a pretrained encoder on a task, sweeping learning rates and seeds.
+
+Any unimask checkpoint works (only its encoder is used, whatever the objective) and so does a
+transformers BERT directory (`unimask export` output). Each (learning rate, seed) run trains the
+encoder plus a fresh task head with AdamW, linear warm-up and decay, optional layer-wise learning-rate
+decay (Clark et al. 2020, ELECTRA appendix), evaluates on the dev split(s) every epoch (or every
+`eval_every` steps), optionally stops early, and keeps its best evaluation. The sweep reports the
+median and the best of each metric over runs, as papers do (DESIGN.md section 7), and keeps the
+weights of the single best run in OUT/best.
+
+Output directory:
+    results.json   task, model, config, every run's history and best scores, median / best summary
+    results.md     the same as a table
+    best/          model.safetensors (encoder.* and head.*), finetune.json, tokenizer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..model.encoder import Encoder, EncoderConfig
+from ..train.loop import autocast_for
+from ..train.optim import build_scheduler
+from .base import SpecialIds, Task, collate
+
+
+@dataclass
+class FinetuneConfig:
+    lrs: tuple[float, ...] = (1e-4,)
+    seeds: tuple[int, ...] = (1,)
+    epochs: float = 3.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    layer_decay: float = 1.0          # lr of layer l = lr * layer_decay ** (depth above l); 1 = off
+    dropout: float = 0.1              # the head's dropout (the encoder keeps its own)
+    clip_norm: float = 1.0
+    eval_every: int = 0               # optimizer steps between evaluations; 0 = once per epoch
+    patience: int = 0                 # evaluations without improvement before stopping; 0 = never stop early
+    max_train_examples: int = 0       # 0 = all
+    precision: str = "auto"           # auto | fp32 | bf16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (all(lr > 0 for lr in self.lrs) and len(self.lrs) > 0, "lrs must be positive"),
+            (len(self.seeds) > 0, "give at least one seed"),
+            (self.epochs > 0, "epochs must be positive"),
+            (self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive"),
+            (self.max_length >= 8, "max_length must be at least 8"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.eval_every >= 0 and self.patience >= 0 and self.max_train_examples >= 0,
+             "eval_every, patience and max_train_examples must be >= 0"),
+            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"fine-tuning config: {message}")
+
+
+@dataclass
+class Pretrained:
+    """The starting point of fine-tuning: encoder weights, their config, the tokenizer, a label."""
+
+    state: dict[str, Tensor] | None      # None: random initialisation
+    config: EncoderConfig
+    tokenizer: Tokenizer
+    name: str
+    source: str
+
+    def build(self, seed: int) -> Encoder:
+        torch.manual_seed(seed)
+        encoder = Encoder(self.config)
+        if self.state is not None:
+            encoder.load_state_dict(self.state, strict=True)
+        return encoder
+
+
+def load_pretrained(path: str | Path, random_init: bool = False, name: str | None = None) -> Pretrained:
+    """A unimask run directory / checkpoint or a transformers BERT directory; `random_init` keeps only
+    the architecture and the tokenizer (the baseline that shows what pretraining bought)."""
+    from ..export.hf import find_checkpoint, is_hf_directory, load_encoder, load_hf_encoder, _read_tokenizer
+
+    path = Path(path).expanduser()
+    if is_hf_directory(path):
+        encoder, cfg, tokenizer = load_hf_encoder(path)
+        source = str(path)
+    else:
+        checkpoint = find_checkpoint(path)
+        encoder, cfg = load_encoder(checkpoint)
+        tokenizer = _read_tokenizer(checkpoint / "tokenizer.json", cfg)
+        source = str(checkpoint)
+    label = name or (path.name + (" (random init)" if random_init else ""))
+    state = None if random_init else {k: v.clone() for k, v in encoder.state_dict().items()}
+    return Pretrained(state, cfg, tokenizer, label, source)
+
+
+def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay: float,
+                     layer_decay: float) -> list[dict]:
+    """AdamW groups: no decay on 1-D parameters; layer-wise lr decay by depth (embeddings and the
+    shared relative bias at depth 0, layer i at i + 1, the head and a pre-LN final norm at the top)."""
+    top = len(encoder.layers) + 1
+
+    def depth(name: str) -> int:
+        if name.startswith("layers."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith(("embeddings.", "relative_bias.")):
+            return 0
+        return top
+
+    groups: dict[tuple[int, bool], list] = {}
+    named = [(n, p, depth(n)) for n, p in encoder.named_parameters()] + [(n, p, top) for n, p in head.named_parameters()]
+    for n, p, d in named:
+        if p.requires_grad:
+            groups.setdefault((d, p.dim() >= 2), []).append(p)
+    return [{"params": ps, "lr": lr * layer_decay ** (top - d), "weight_decay": weight_decay if decay else 0.0}
+            for (d, decay), ps in sorted(groups.items())]
+
+
+def _pad_cat(parts: list[Tensor]) -> Tensor:
+    """Concatenate per-batch outputs whose later dimensions may differ (padded to the widest with 0)."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+def _batch_to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _hidden(encoder: Encoder, batch: dict[str, Tensor]) -> Tensor:
+    return encoder(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
+
+
+@torch.no_grad()
+def evaluate(task: Task, encoder: Encoder, head: nn.Module, examples: list, features: list[dict],
+             pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
+    """Score one split: features in length order (less padding), outputs put back in feature order."""
+    encoder.eval(), head.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    parts: list[tuple[Tensor, ...]] = []
+    for start in range(0, len(order), batch_size):
+        batch = _batch_to(collate([features[i] for i in order[start:start + batch_size]], pad_id), device)
+        with autocast():
+            out = task.predict(head, _hidden(encoder, batch), batch)
+        parts.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    outputs = tuple(_pad_cat([p[k] for p in parts])[inverse] for k in range(len(parts[0])))
+    encoder.train(), head.train()
+    return task.score(examples, features, outputs if len(outputs) > 1 else outputs[0])
+
+
+@dataclass
+class RunResult:
+    lr: float
+    seed: int
+    best_step: int
+    best: dict[str, dict[str, float]]          # split -> metric -> value, at the best evaluation
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list, list[dict]]], cfg: FinetuneConfig,
+                 lr: float, seed: int, progress: bool = True) -> tuple[RunResult, dict[str, Tensor]]:
+    """One run; returns its result and the state dict of its best evaluation (encoder.* and head.*)."""
+    device = _device(cfg.device)
+    autocast = autocast_for(cfg.precision, device)
+    special = SpecialIds.of(pretrained.tokenizer)
+    encoder = pretrained.build(seed).to(device).train()
+    head = task.head(pretrained.config.hidden_size, cfg.dropout).to(device).train()
+    model = nn.ModuleDict({"encoder": encoder, "head": head})
+    optimizer = torch.optim.AdamW(parameter_groups(encoder, head, lr, cfg.weight_decay, cfg.layer_decay),
+                                  lr=lr, betas=(0.9, 0.999), eps=1e-6)
+    train_features = data["train"][1]
+    steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
+    total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    scheduler = build_scheduler(optimizer, int(cfg.warmup_ratio * total), total, "linear", 0.0)
+    eval_every = cfg.eval_every or steps_per_epoch
+    rng = torch.Generator().manual_seed(seed)
+
+    main_split = task.eval_splits[0]
+    best_value, best_state, result = -math.inf, None, RunResult(lr, seed, 0, {})
+    evals_since_best, started = 0, time.time()
+    bar = _bar(progress, total, f"{task.name} lr={lr:g} seed={seed}")
+    order: list[int] = []
+    for step in range(1, total + 1):
+        if not order:
+            order = torch.randperm(len(train_features), generator=rng).tolist()
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        batch = _batch_to(collate([train_features[i] for i in idx], special.pad), device)
+        with autocast():
+            loss, count = task.loss(head, _hidden(encoder, batch), batch)
+        (loss / count.clamp(min=1)).backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item() / max(1, count.item()):.4f}", refresh=False)
+        if step % eval_every == 0 or step == total:
+            scores = {split: evaluate(task, encoder, head, *data[split], special.pad, cfg.eval_batch_size, autocast, device)
+                      for split in task.eval_splits}
+            result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                   "train_loss": loss.item() / max(1, count.item()), **scores})
+            value = scores[main_split][task.metric]
+            if bar is not None:
+                bar.write(f"  step {step}: {main_split} " + ", ".join(f"{k} {v:.2f}" for k, v in scores[main_split].items()),
+                          file=sys.stderr)
+            if value > best_value:
+                best_value, result.best, result.best_step, evals_since_best = value, scores, step, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                evals_since_best += 1
+                if cfg.patience and evals_since_best >= cfg.patience:
+                    result.stopped_early = True
+                    break
+    if bar is not None:
+        bar.close()
+    result.seconds = round(time.time() - started, 1)
+    return result, best_state
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+def summarize(runs: list[RunResult], split: str) -> dict[str, dict[str, float]]:
+    """metric -> {"median", "best"} over runs, at each run's best evaluation."""
+    metrics = runs[0].best.get(split, {})
+    return {m: {"median": statistics.median(r.best[split][m] for r in runs),
+                "best": max(r.best[split][m] for r in runs)} for m in metrics}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# {results['task']} — {results['model']}", "", f"source: `{results['source']}`", ""]
+    for split, summary in results["summary"].items():
+        lines += [f"## {split}", "", "| metric | median | best |", "|---|---|---|"]
+        lines += [f"| {m} | {v['median']:.2f} | {v['best']:.2f} |" for m, v in summary.items()]
+        lines.append("")
+    lines += ["## runs", "", "| lr | seed | best step | " + " | ".join(f"{s} {task_metric}" for s, task_metric in
+                                                                      [(s, results["metric"]) for s in results["summary"]])
+              + " | seconds |", "|---" * (4 + len(results["summary"])) + "|"]
+    for r in results["runs"]:
+        cells = " | ".join(f"{r['best'][s][results['metric']]:.2f}" for s in results["summary"])
+        lines.append(f"| {r['lr']:g} | {r['seed']} | {r['best_step']} | {cells} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(directory: Path, files: dict[str, Callable[[Path], None]]) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, write in files.items():
+        write(tmp / name)
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, progress: bool = True) -> dict:
+    """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/."""
+    out.mkdir(parents=True, exist_ok=True)
+    special = SpecialIds.of(pretrained.tokenizer)
+    train_examples = task.examples("train")
+    if cfg.max_train_examples:
+        train_examples = train_examples[:cfg.max_train_examples]
+    data = {"train": (train_examples, task.featurize(train_examples, pretrained.tokenizer, special, cfg.max_length))}
+    for split in task.eval_splits:
+        examples = task.examples(split)
+        data[split] = (examples, task.featurize(examples, pretrained.tokenizer, special, cfg.max_length))
+    if not data["train"][1]:
+        raise UserError(f"task {task.name}: no training features; check the training file")
+    runs, best_value = [], -math.inf
+    for lr in cfg.lrs:
+        for seed in cfg.seeds:
+            result, state = finetune_one(task, pretrained, data, cfg, lr, seed, progress)
+            runs.append(result)
+            value = result.best[task.eval_splits[0]][task.metric]
+            if state is not None and value > best_value:
+                best_value = value
+                meta = {"task": task.name, "metric": task.metric, "lr": lr, "seed": seed, "scores": result.best,
+                        "model": asdict(pretrained.config), "labels": list(getattr(task, "labels", None) or []),
+                        "source": pretrained.source}
+                _write_atomic(out / "best", {
+                    "model.safetensors": lambda p, s=state: save_file({k: v.contiguous() for k, v in s.items()}, str(p)),
+                    "finetune.json": lambda p, m=meta: p.write_text(json.dumps(m, indent=2)),
+                    "tokenizer.json": lambda p: pretrained.tokenizer.save(str(p)),
+                })
+    results = {
+        "task": task.name, "metric": task.metric, "model": pretrained.name, "source": pretrained.source,
+        "random_init": pretrained.state is None, "config": asdict(cfg),
+        "train_examples": len(train_examples),
+        "summary": {split: summarize(runs, split) for split in task.eval_splits},
+        "runs": [asdict(r) for r in runs],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    return results
+
+
+def _glue(name: str) -> Callable[[argparse.Namespace], Task]:
+    def build(args: argparse.Namespace) -> Task:
+        from .glue import GLUE_DIRS, glue_task
+        if not args.data:
+            raise UserError(f"--task {name} needs --data, the task's GLUE folder (e.g. glue/{GLUE_DIRS[name]})")
+        return glue_task(name, args.data)
+    return build
+
+
+def _user(kind: str) -> Callable[[argparse.Namespace], Task]:
+    def build(args: argparse.Namespace) -> Task:
+        from .glue import user_task
+        missing = [flag for flag, value in (("--train", args.train), ("--dev", args.dev),
+                                            ("--text-column", args.text_column), ("--label-column", args.label_column))
+                   if not value]
+        if missing:
+            raise UserError(f"--task {kind} needs {', '.join(missing)}")
+        return user_task(kind, args.train, args.dev, args.text_column, args.label_column, args.text_pair_column,
+                         args.labels.split(",") if args.labels else None)
+    return build
+
+
+def _squad(args: argparse.Namespace) -> Task:
+    from .squad import SquadTask
+    if not (args.train and args.dev):
+        raise UserError("--task squad needs --train and --dev, SQuAD v1.1 or v2.0 JSON files")
+    return SquadTask(train=args.train, dev=args.dev, doc_stride=args.doc_stride,
+                     max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
+
+
+TASKS: dict[str, Callable[[argparse.Namespace], Task]] = {
+    **{name: _glue(name) for name in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")},
+    "classify": _user("classify"),
+    "regress": _user("regress"),
+    "squad": _squad,
+}
+"""`--task` name -> a builder from the parsed arguments."""
+
+DEFAULT_MAX_LENGTH = {"squad": 384}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a unimask run directory or checkpoint (any objective), or a transformers BERT directory")
+    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
+    p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file")
+    p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file")
+    p.add_argument("--text-column", help="classify / regress: the text column (header name or JSONL key)")
+    p.add_argument("--text-pair-column", help="classify / regress: the second text of a pair, if any")
+    p.add_argument("--label-column", help="classify / regress: the label column")
+    p.add_argument("--labels", help="classify: comma-separated class names (default: those in the training file)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")
+    p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
+    p.add_argument("--random-init", action="store_true",
+                   help="the checkpoint's architecture and tokenizer with random weights (the no-pretraining baseline)")
+    d = FinetuneConfig()
+    p.add_argument("--lr", type=float, nargs="+", default=list(d.lrs), help="learning rates to sweep")
+    p.add_argument("--seed", type=int, nargs="+", default=list(d.seeds), help="seeds to sweep")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; squad 384)")
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--layer-decay", type=float, default=d.layer_decay, help="layer-wise lr decay factor (1 = off)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="the head's dropout")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: each epoch)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop a run after this many evaluations without improvement (0: never)")
+    p.add_argument("--max-train-examples", type=int, default=d.max_train_examples, help="use the first N (0: all)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--doc-stride", type=int, default=128, help="squad: window stride in tokens")
+    p.add_argument("--max-answer-length", type=int, default=30, help="squad: longest answer in tokens")
+    p.add_argument("--null-threshold", type=float, default=0.0, help="squad v2.0: predict no answer above this")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = FinetuneConfig(
+        lrs=tuple(args.lr), seeds=tuple(args.seed), epochs=args.epochs, batch_size=args.batch_size,
+        max_length=args.max_length or DEFAULT_MAX_LENGTH.get(args.task, 128), warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay, layer_decay=args.layer_decay, dropout=args.dropout,
+        eval_every=args.eval_every, patience=args.patience, max_train_examples=args.max_train_examples,
+        precision=args.precision, device=args.device)
+    task = TASKS[args.task](args)
+    pretrained = load_pretrained(args.checkpoint, args.random_init, args.name)
+    if cfg.max_length > pretrained.config.max_positions:
+        raise UserError(f"--max-length {cfg.max_length} exceeds the model's {pretrained.config.max_positions} positions")
+    slug = pretrained.name.replace(" ", "_").replace("(", "").replace(")", "")
+    out = Path(args.out or f"runs/finetune/{args.task}-{slug}")
+    results = sweep(task, pretrained, cfg, out, progress=not args.quiet)
+    for split, summary in results["summary"].items():
+        print(f"{results['task']} {split} ({len(results['runs'])} runs): "
+              + ", ".join(f"{m} median {v['median']:.2f} best {v['best']:.2f}" for m, v in summary.items()))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and the best run's weights in {out / 'best'}")
+    return 0

@@ -1,0 +1,255 @@
+"""Fine-tuning: GLUE / user-file loaders, features, layer-wise lr decay, the loop, HF directories, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import shared_data, tiny_run_config
+from unimask.cli import main
+from unimask.errors import UserError
+from unimask.tasks.base import SpecialIds, collate
+from unimask.tasks.finetune import FinetuneConfig, evaluate, load_pretrained, parameter_groups, sweep
+from unimask.tasks.glue import GLUE, GLUE_DIRS, Example, SentenceTask, TableSpec, glue_task, user_task
+from unimask.tasks.report import collect, table
+
+GLUE_SIZES = {  # (train, dev) rows in ../shared/data/glue (README.md there)
+    "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500),
+    "rte": (2490, 277), "wnli": (635, 71),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(kjv_data, tmp_path_factory) -> Path:
+    """A 2-step tiny MLM run with one checkpoint."""
+    from unimask.train.loop import train
+    run = tmp_path_factory.mktemp("ft") / "mlm"
+    train(tiny_run_config(kjv_data, steps=2, save_every=2), run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_SIZES))
+def test_glue_loaders_read_the_standard_layout(name: str) -> None:
+    task = glue_task(name, shared_data("glue", GLUE_DIRS[name]))
+    train, dev = task.examples("train"), task.examples("dev")
+    assert (len(train), len(dev)) == GLUE_SIZES[name]
+    spec = GLUE[name]
+    for e in train[:50] + dev[:50]:
+        assert e.text.strip()
+        assert (e.pair is None) == (spec.table.pair is None)
+        assert isinstance(e.label, float) if spec.labels is None else e.label in spec.labels
+    if name == "stsb":
+        assert all(0.0 <= e.label <= 5.0 for e in dev)
+    if name == "cola":   # header-less: the first row is an example, not a header
+        assert train[0].text.startswith("Our friends won't buy this analysis")
+
+
+def test_qnli_loader_on_dev() -> None:
+    """QNLI has no train split in ../shared: its loader is tested on dev alone."""
+    spec = GLUE["qnli"]
+    task = SentenceTask("qnli", {"dev": shared_data("glue", "QNLI", "dev.tsv")}, spec.table, spec.labels,
+                        spec.metric, spec.scorers)
+    dev = task.examples("dev")
+    assert len(dev) == 5463
+    assert {e.label for e in dev} == {"entailment", "not_entailment"}
+    assert dev[0].text.endswith("?") and dev[0].pair
+
+
+def test_glue_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a directory"):
+        glue_task("rte", tmp_path / "nope")
+    with pytest.raises(UserError, match="dev.tsv"):
+        glue_task("rte", tmp_path)
+    (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    (tmp_path / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    with pytest.raises(UserError, match="maybe"):
+        glue_task("rte", tmp_path).examples("train")
+    (tmp_path / "dev.tsv").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(UserError, match="UTF-8"):
+        glue_task("rte", tmp_path).examples("dev")
+
+
+def _tokenizer(checkpoint: Path):
+    return load_pretrained(checkpoint).tokenizer
+
+
+def test_features_truncate_the_longer_side_and_mark_segments(checkpoint: Path) -> None:
+    tokenizer = _tokenizer(checkpoint)
+    special = SpecialIds.of(tokenizer)
+    task = SentenceTask("t", {}, TableSpec("a", "b", "c"), ("no", "yes"), "accuracy", ("accuracy",))
+    long, short = "and the lord said unto moses " * 20, "in the beginning"
+    [f] = task.featurize([Example(long, short, "yes")], tokenizer, special, max_length=32)
+    n_short = len(tokenizer.encode(short, add_special_tokens=False).ids)
+    assert len(f["input_ids"]) == 32 and f["label"] == 1
+    assert f["input_ids"][0] == special.cls and f["input_ids"][-1] == special.sep
+    assert f["token_type_ids"].count(1) == n_short + 1          # the short side is kept whole
+    first_sep = f["input_ids"].index(special.sep)
+    assert f["token_type_ids"][:first_sep + 1] == [0] * (first_sep + 1)
+    [g] = task.featurize([Example(short, None, "no")], tokenizer, special, max_length=32)
+    assert g["input_ids"] == [special.cls, *tokenizer.encode(short, add_special_tokens=False).ids, special.sep]
+    batch = collate([f, g], special.pad)
+    assert batch["attention_mask"].sum(1).tolist() == [32, len(g["input_ids"])]
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".jsonl"])
+def test_user_files(tmp_path: Path, suffix: str) -> None:
+    rows = [("good film", "pos", "4.5"), ("bad film", "neg", "1.0"), ("fine film", "pos", "3.0")]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"review": t, "y": y, "score": float(s)}) + "\n" for t, y, s in rows))
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        path.write_text(sep.join(["review", "y", "score"]) + "\n" + "".join(sep.join(r) + "\n" for r in rows))
+    task = user_task("classify", str(path), str(path), "review", "y")
+    assert task.labels == ("neg", "pos") and task.scorers == ("accuracy", "f1")
+    assert [e.label for e in task.examples("train")] == ["pos", "neg", "pos"]
+    reg = user_task("regress", str(path), str(path), "review", "score")
+    assert [e.label for e in reg.examples("dev")] == [4.5, 1.0, 3.0]
+    with pytest.raises(UserError, match="no column 'text'"):
+        user_task("classify", str(path), str(path), "text", "y")
+    with pytest.raises(UserError, match="not a number"):
+        user_task("regress", str(path), str(path), "review", "y").examples("dev")
+
+
+def test_layer_wise_lr_decay(checkpoint: Path) -> None:
+    pre = load_pretrained(checkpoint)
+    encoder = pre.build(0)
+    task = SentenceTask("t", {}, TableSpec("a", "b"), ("0", "1"), "accuracy", ("accuracy",))
+    head = task.head(encoder.config.hidden_size, 0.1)
+    groups = parameter_groups(encoder, head, lr=1.0, weight_decay=0.01, layer_decay=0.5)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    L = len(encoder.layers)
+    assert lr_of[id(encoder.embeddings.word.weight)] == (0.5 ** (L + 1), 0.01)
+    assert lr_of[id(encoder.layers[0].attn.query.weight)] == (0.5 ** L, 0.01)
+    assert lr_of[id(encoder.layers[L - 1].mlp_norm.weight)] == (0.5, 0.0)
+    assert lr_of[id(head.out.weight)] == (1.0, 0.01) and lr_of[id(head.out.bias)] == (1.0, 0.0)
+    assert len(lr_of) == len(list(encoder.parameters())) + len(list(head.parameters()))
+
+
+def _keyword_task(tmp_path: Path) -> SentenceTask:
+    """A task a working loop must learn: the label says whether the text mentions 'moses'."""
+    g = torch.Generator().manual_seed(0)
+    words = "the lord said unto him and they went up into land of egypt with all people".split()
+    rows = []
+    for i in range(480):
+        text = [words[j] for j in torch.randint(len(words), (8,), generator=g).tolist()]
+        if i % 2:
+            text[torch.randint(8, (1,), generator=g).item()] = "moses"
+        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    for name, part in (("train.tsv", rows[:400]), ("dev.tsv", rows[400:])):
+        (tmp_path / name).write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in part))
+    return user_task("classify", str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"), "text", "label")
+
+
+def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, tmp_path: Path) -> None:
+    task = _keyword_task(tmp_path)
+    cfg = FinetuneConfig(lrs=(3e-3,), seeds=(1, 2), epochs=3, batch_size=16, precision="fp32", max_length=32)
+    results = sweep(task, load_pretrained(checkpoint, name="tiny"), cfg, tmp_path / "out", progress=False)
+    summary = results["summary"]["dev"]
+    assert summary["accuracy"]["median"] > 90, results["runs"]
+    assert summary["f1"]["best"] >= summary["f1"]["median"]
+    saved = json.loads((tmp_path / "out" / "best" / "finetune.json").read_text())
+    assert saved["scores"]["dev"]["accuracy"] == summary["accuracy"]["best"]
+    assert saved["labels"] == ["no", "yes"]
+    assert (tmp_path / "out" / "results.md").read_text().startswith("# classify — tiny")
+    # the saved weights reproduce the saved score
+    from safetensors.torch import load_file
+    state = load_file(str(tmp_path / "out" / "best" / "model.safetensors"))
+    pre = load_pretrained(checkpoint)
+    encoder, head = pre.build(0), task.head(pre.config.hidden_size, 0.1)
+    encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+    head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    special = SpecialIds.of(pre.tokenizer)
+    dev = task.examples("dev")
+    scores = evaluate(task, encoder, head, dev, task.featurize(dev, pre.tokenizer, special, 32), special.pad, 7,
+                      lambda: torch.autocast("cpu", enabled=False), torch.device("cpu"))
+    assert scores["accuracy"] == pytest.approx(summary["accuracy"]["best"])
+
+
+def test_early_stopping(checkpoint: Path, tmp_path: Path) -> None:
+    task = _keyword_task(tmp_path)
+    cfg = FinetuneConfig(lrs=(1e-12,), epochs=2, batch_size=16, eval_every=2, patience=2, precision="fp32",
+                         max_length=32, dropout=0.0)
+    results = sweep(task, load_pretrained(checkpoint), cfg, tmp_path / "out", progress=False)
+    [run] = results["runs"]
+    assert run["stopped_early"] and [h["step"] for h in run["history"]] == [2, 4, 6]
+
+
+def test_random_init_and_hf_directory(checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from unimask.export.hf import export_checkpoint
+    pre = load_pretrained(checkpoint)
+    export_checkpoint(checkpoint, tmp_path / "hf")
+    from_hf = load_pretrained(tmp_path / "hf")
+    assert from_hf.config == pre.config
+    assert from_hf.tokenizer.get_vocab() == pre.tokenizer.get_vocab()
+    assert all(torch.equal(v, from_hf.state[k]) for k, v in pre.state.items())
+    random = load_pretrained(checkpoint, random_init=True)
+    assert random.state is None and random.name.endswith("(random init)")
+    a, b = random.build(3).state_dict(), random.build(3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layers.0.attn.query.weight"], pre.state["layers.0.attn.query.weight"])
+
+
+def test_cli_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    _keyword_task(task_dir)
+    common = ["finetune", "--checkpoint", str(checkpoint), "--task", "classify", "--train", str(task_dir / "train.tsv"),
+              "--dev", str(task_dir / "dev.tsv"), "--text-column", "text", "--label-column", "label",
+              "--epochs", "0.5", "--max-length", "32", "--quiet", "--precision", "fp32"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--name", "pretrained"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--random-init", "--name", "scratch"]) == 0
+    assert "classify dev (1 runs): accuracy median" in capsys.readouterr().out
+    t = table(collect([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert list(t["rows"]) == ["pretrained", "scratch"] and t["columns"] == ["classify accuracy", "average"]
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| pretrained |") + out.count("\n| scratch |") == 2 and (tmp_path / "r.json").is_file()
+    assert main(["finetune", "--checkpoint", str(checkpoint), "--task", "rte"]) == 2
+    assert "--task rte needs --data" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_mnli_and_qqp_layouts(tmp_path: Path) -> None:
+    """MNLI and QQP are not in ../shared: their loaders are checked on files in the GLUE script's layout."""
+    mnli = tmp_path / "MNLI"
+    mnli.mkdir()
+    head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
+           "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    row = "0\t1\t1n\tgov\t( x )\t( y )\t(ROOT x)\t(ROOT y)\tThe cat sat.\tA cat sat.\tentailment\t{}\n"
+    for name, label in (("train", "neutral"), ("dev_matched", "entailment"), ("dev_mismatched", "contradiction")):
+        (mnli / f"{name}.tsv").write_text(head + row.format(label))
+    task = glue_task("mnli", mnli)
+    assert task.eval_splits == ("dev_matched", "dev_mismatched")
+    assert [task.examples(s)[0].label for s in ("train", "dev_matched", "dev_mismatched")] == \
+        ["neutral", "entailment", "contradiction"]
+    assert task.examples("train")[0].text == "The cat sat." and task.examples("train")[0].pair == "A cat sat."
+    qqp = tmp_path / "QQP"
+    qqp.mkdir()
+    text = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n" + "".join(
+        f"{i}\t{2 * i}\t{2 * i + 1}\tHow do I {i}?\tWhat is {i}?\t{i % 2}\n" for i in range(20)) + "broken\trow\n"
+    for name in ("train.tsv", "dev.tsv"):
+        (qqp / name).write_text(text)
+    task = glue_task("qqp", qqp)
+    assert len(task.examples("dev")) == 20 and task.metric == "f1"   # the malformed row is skipped
+
+
+def test_squad_end_to_end_on_xquad_split_by_article(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """Fine-tune a few steps on the SQuAD-format file of ../shared, split into train/dev by article."""
+    data = json.loads(shared_data("squad", "xquad.en.json").read_text())
+    articles = data["data"]
+    (tmp_path / "train.json").write_text(json.dumps({"version": "1.1", "data": articles[:40]}))
+    (tmp_path / "dev.json").write_text(json.dumps({"version": "1.1", "data": articles[40:42]}))
+    assert main(["finetune", "--checkpoint", str(checkpoint), "--task", "squad", "--train", str(tmp_path / "train.json"),
+                 "--dev", str(tmp_path / "dev.json"), "--max-length", "64", "--doc-stride", "32",
+                 "--max-train-examples", "48", "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
+                 "--quiet", "--out", str(tmp_path / "ft")]) == 0
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    dev = results["summary"]["dev"]
+    assert set(dev) >= {"exact", "f1"} and 0 <= dev["exact"]["median"] <= dev["f1"]["median"] <= 100
+    assert results["metric"] == "f1" and (tmp_path / "ft" / "best" / "model.safetensors").is_file()
+    assert "squad dev (1 runs): exact median" in capsys.readouterr().out
