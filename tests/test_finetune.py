@@ -12,7 +12,7 @@ from conftest import shared_data, tiny_run_config
 from unimask.cli import main
 from unimask.errors import UserError
 from unimask.tasks.base import SpecialIds, collate
-from unimask.tasks.finetune import FinetuneConfig, evaluate, load_pretrained, parameter_groups, sweep
+from unimask.tasks.finetune import FinetuneConfig, load_pretrained, parameter_groups, sweep
 from unimask.tasks.glue import GLUE, GLUE_DIRS, Example, SentenceTask, TableSpec, glue_task, user_task
 from unimask.tasks.report import collect, table
 
@@ -118,7 +118,7 @@ def test_layer_wise_lr_decay(checkpoint: Path) -> None:
     pre = load_pretrained(checkpoint)
     encoder = pre.build(0)
     task = SentenceTask("t", {}, TableSpec("a", "b"), ("0", "1"), "accuracy", ("accuracy",))
-    head = task.head(encoder.config.hidden_size, 0.1)
+    head = task.head(encoder, 0.1)
     groups = parameter_groups(encoder, head, lr=1.0, weight_decay=0.01, layer_decay=0.5)
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     L = len(encoder.layers)
@@ -159,12 +159,13 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     from safetensors.torch import load_file
     state = load_file(str(tmp_path / "out" / "best" / "model.safetensors"))
     pre = load_pretrained(checkpoint)
-    encoder, head = pre.build(0), task.head(pre.config.hidden_size, 0.1)
+    encoder = pre.build(0)
+    head = task.head(encoder, 0.1)
     encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
     head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
     special = SpecialIds.of(pre.tokenizer)
     dev = task.examples("dev")
-    scores = evaluate(task, encoder, head, dev, task.featurize(dev, pre.tokenizer, special, 32), special.pad, 7,
+    scores = task.evaluate(encoder, head, dev, task.featurize(dev, pre.tokenizer, special, 32), special.pad, 7,
                       lambda: torch.autocast("cpu", enabled=False), torch.device("cpu"))
     assert scores["accuracy"] == pytest.approx(summary["accuracy"]["best"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -180,7 +181,7 @@ def test_head_loss_and_predict_ignore_padding(tiny_v2):
     batch = collate(features, pad_id=0)
     assert "_offsets" not in batch and batch["start_position"].shape == (3,)
     torch.manual_seed(0)
-    head = task.head(16, dropout=0.1)
+    head = task.head(types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=16)), dropout=0.1)
     assert head.weight.std().item() == pytest.approx(0.02, rel=0.5) and not head.bias.any()
     hidden = torch.randn(3, batch["input_ids"].shape[1], 16)  # (B, T, D)
     loss, count = task.loss(head, hidden, batch)

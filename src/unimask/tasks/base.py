@@ -13,11 +13,13 @@ one number or one fixed-length list per feature and is stacked as is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
+
+from ..model.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Task:
     name: ClassVar[str]
     metric: ClassVar[str]             # the key of `score` that selects the best epoch / learning rate
     eval_splits: tuple[str, ...] = ("dev",)
+    pretrained_head: ClassVar[str | None] = None   # "lm": load the checkpoint's tied LMHead state into the head
 
     def examples(self, split: str) -> list[Any]:
         """The examples of `split` ("train" or one of `eval_splits`)."""
@@ -56,9 +59,14 @@ class Task:
         """Features for the encoder; each carries "example" (the index of its example)."""
         raise NotImplementedError
 
-    def head(self, hidden_size: int, dropout: float) -> nn.Module:
-        """A fresh head for hidden states (B, T, D)."""
+    def head(self, encoder: Encoder, dropout: float) -> nn.Module:
+        """A fresh head for the encoder's hidden states (B, T, D). A head tied to the input embeddings
+        must not register the encoder as a submodule (weights would be saved twice)."""
         raise NotImplementedError
+
+    def encode(self, encoder: Encoder, batch: dict[str, Tensor]) -> Tensor:
+        """Hidden states (B, T, D) of a batch; tasks with their own attention layout override this."""
+        return encoder(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(summed loss, number of terms) for one batch; the loop divides."""
@@ -72,6 +80,34 @@ class Task:
               outputs: Tensor | tuple[Tensor, ...]) -> dict[str, float]:
         """Official metrics (in percent) from the concatenated outputs of every feature of a split."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, encoder: Encoder, head: nn.Module, examples: list[Any], features: list[dict[str, Any]],
+                 pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
+        """Score one split: `predict` on features in length order (less padding), outputs put back in
+        feature order, then `score`. Generation tasks override this with their decoder."""
+        was_training = encoder.training
+        encoder.eval(), head.eval()
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        parts: list[tuple[Tensor, ...]] = []
+        for start in range(0, len(order), batch_size):
+            batch = {k: v.to(device) for k, v in collate([features[i] for i in order[start:start + batch_size]], pad_id).items()}
+            with autocast():
+                out = self.predict(head, self.encode(encoder, batch), batch)
+            parts.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        outputs = tuple(_pad_cat([p[k] for p in parts])[inverse] for k in range(len(parts[0])))
+        encoder.train(was_training), head.train(was_training)
+        return self.score(examples, features, outputs if len(outputs) > 1 else outputs[0])
+
+
+def _pad_cat(parts: list[Tensor]) -> Tensor:
+    """Concatenate per-batch outputs whose later dimensions may differ (padded to the widest with 0)."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
 def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Tensor]:

@@ -87,6 +87,7 @@ class Pretrained:
     tokenizer: Tokenizer
     name: str
     source: str
+    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)   # "lm": the tied LM head, if any
 
     def build(self, seed: int) -> Encoder:
         torch.manual_seed(seed)
@@ -104,15 +105,29 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
     path = Path(path).expanduser()
     if is_hf_directory(path):
         encoder, cfg, tokenizer = load_hf_encoder(path)
-        source = str(path)
+        source, heads = str(path), {}
     else:
         checkpoint = find_checkpoint(path)
         encoder, cfg = load_encoder(checkpoint)
         tokenizer = _read_tokenizer(checkpoint / "tokenizer.json", cfg)
         source = str(checkpoint)
+        heads = {} if random_init else _lm_head(checkpoint, cfg)
     label = name or (path.name + (" (random init)" if random_init else ""))
     state = None if random_init else {k: v.clone() for k, v in encoder.state_dict().items()}
-    return Pretrained(state, cfg, tokenizer, label, source)
+    return Pretrained(state, cfg, tokenizer, label, source, heads)
+
+
+def _lm_head(checkpoint: Path, cfg: EncoderConfig) -> dict[str, dict[str, Tensor]]:
+    """{"lm": state} when the checkpoint's objective has a tied `LMHead` at `objective.head` over the
+    encoder's width (MLM, PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
+    from safetensors import safe_open
+    from ..model.heads import LMHead
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+        state = {k[len("objective.head."):]: f.get_tensor(k) for k in f.keys() if k.startswith("objective.head.")}
+    expected = {k: v.shape for k, v in LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps).state_dict().items()}
+    if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
+        return {}
+    return {"lm": state}
 
 
 def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay: float,
@@ -135,41 +150,6 @@ def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay:
             groups.setdefault((d, p.dim() >= 2), []).append(p)
     return [{"params": ps, "lr": lr * layer_decay ** (top - d), "weight_decay": weight_decay if decay else 0.0}
             for (d, decay), ps in sorted(groups.items())]
-
-
-def _pad_cat(parts: list[Tensor]) -> Tensor:
-    """Concatenate per-batch outputs whose later dimensions may differ (padded to the widest with 0)."""
-    if parts[0].dim() == 1:
-        return torch.cat(parts)
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-
-
-def _batch_to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def _hidden(encoder: Encoder, batch: dict[str, Tensor]) -> Tensor:
-    return encoder(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
-
-
-@torch.no_grad()
-def evaluate(task: Task, encoder: Encoder, head: nn.Module, examples: list, features: list[dict],
-             pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
-    """Score one split: features in length order (less padding), outputs put back in feature order."""
-    encoder.eval(), head.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    parts: list[tuple[Tensor, ...]] = []
-    for start in range(0, len(order), batch_size):
-        batch = _batch_to(collate([features[i] for i in order[start:start + batch_size]], pad_id), device)
-        with autocast():
-            out = task.predict(head, _hidden(encoder, batch), batch)
-        parts.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    outputs = tuple(_pad_cat([p[k] for p in parts])[inverse] for k in range(len(parts[0])))
-    encoder.train(), head.train()
-    return task.score(examples, features, outputs if len(outputs) > 1 else outputs[0])
 
 
 @dataclass
@@ -196,7 +176,9 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
     autocast = autocast_for(cfg.precision, device)
     special = SpecialIds.of(pretrained.tokenizer)
     encoder = pretrained.build(seed).to(device).train()
-    head = task.head(pretrained.config.hidden_size, cfg.dropout).to(device).train()
+    head = task.head(encoder, cfg.dropout).to(device).train()
+    if task.pretrained_head is not None and task.pretrained_head in pretrained.heads:
+        head.load_state_dict(pretrained.heads[task.pretrained_head])
     model = nn.ModuleDict({"encoder": encoder, "head": head})
     optimizer = torch.optim.AdamW(parameter_groups(encoder, head, lr, cfg.weight_decay, cfg.layer_decay),
                                   lr=lr, betas=(0.9, 0.999), eps=1e-6)
@@ -216,9 +198,9 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
         if not order:
             order = torch.randperm(len(train_features), generator=rng).tolist()
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        batch = _batch_to(collate([train_features[i] for i in idx], special.pad), device)
+        batch = {k: v.to(device) for k, v in collate([train_features[i] for i in idx], special.pad).items()}
         with autocast():
-            loss, count = task.loss(head, _hidden(encoder, batch), batch)
+            loss, count = task.loss(head, task.encode(encoder, batch), batch)
         (loss / count.clamp(min=1)).backward()
         if cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
@@ -229,7 +211,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item() / max(1, count.item()):.4f}", refresh=False)
         if step % eval_every == 0 or step == total:
-            scores = {split: evaluate(task, encoder, head, *data[split], special.pad, cfg.eval_batch_size, autocast, device)
+            scores = {split: task.evaluate(encoder, head, *data[split], special.pad, cfg.eval_batch_size, autocast, device)
                       for split in task.eval_splits}
             result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
                                    "train_loss": loss.item() / max(1, count.item()), **scores})

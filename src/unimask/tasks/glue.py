@@ -220,8 +220,8 @@ class SentenceTask(Task):
             features.append({"input_ids": ids, "token_type_ids": types, "label": label, "example": i})
         return features
 
-    def head(self, hidden_size: int, dropout: float) -> nn.Module:
-        return ClassificationHead(hidden_size, 1 if self.regression else len(self.labels), dropout)
+    def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
+        return ClassificationHead(encoder.config.hidden_size, 1 if self.regression else len(self.labels), dropout)
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         out = head(hidden).float()                                                 # (B, C)

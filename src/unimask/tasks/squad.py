@@ -127,9 +127,9 @@ class SquadTask(Task):
                 })
         return features
 
-    def head(self, hidden_size: int, dropout: float) -> nn.Module:
+    def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
         """Start/end logits from each hidden state; no dropout on top, as BERT's run_squad."""
-        head = nn.Linear(hidden_size, 2)
+        head = nn.Linear(encoder.config.hidden_size, 2)
         nn.init.normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
         return head
