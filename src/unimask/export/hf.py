@@ -66,6 +66,7 @@ so neither is written (transformers' own `save_pretrained` writes neither)."""
 
 MLM_HEADS: dict[str, str] = {
     "mlm": "objective.head.",
+    "pmlm": "objective.head.",
 }
 """Objective name -> prefix of its tied `LMHead` in a checkpoint's model.safetensors. Objectives
 not listed here export their encoder only, as `BertModel`."""

@@ -5,12 +5,14 @@ from .cocolm import CocoLM
 from .electra import Electra
 from .maelm import MAELM
 from .mlm import MLM
+from .pmlm import PMLM
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "mlm": MLM,
     "cocolm": CocoLM,
     "maelm": MAELM,
     "electra": Electra,
+    "pmlm": PMLM,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "PretrainModel", "TokenBatch", "Vocab"]

@@ -51,17 +51,6 @@ class MAELMConfig:
             raise ValueError(f"decoder_dropout must be in [0, 1), not {self.decoder_dropout}")
 
 
-def mask_budget(lengths: Tensor, mask_prob: float) -> Tensor:
-    """(B,) tokens to remove per row: round(mask_prob x length), at least 1 for a non-empty row.
-
-    A function of the row's length only (the official pipeline masks mask_prob x the sample size),
-    not of how many [SEP] tokens the block happens to contain, so every full block keeps the same
-    number of tokens and the encoder input has one static shape.
-    """
-    budget = (lengths.to(torch.float64) * mask_prob).round().long()
-    return torch.where(lengths > 0, budget.clamp(min=1), budget)
-
-
 def decoder_config(encoder_cfg: EncoderConfig, cfg: MAELMConfig) -> EncoderConfig:
     """The decoder's block config: the encoder's width, heads, FFN and norm placement, `decoder_layers`
     blocks, `decoder_dropout`, learned absolute positions and no relative bias (official defaults)."""
@@ -120,14 +109,14 @@ class MAELM(Objective):
         real = (batch.attention_mask.bool() if batch.attention_mask is not None
                 else torch.ones_like(ids, dtype=torch.bool))                               # (B, T)
         candidates = masking.candidate_mask(ids, self.vocab.special_ids) & real     # (B, T)
-        budget = torch.minimum(mask_budget(real.sum(-1), self.cfg.mask_prob), candidates.sum(-1))  # (B,)
+        budget = torch.minimum(masking.mask_budget(real.sum(-1), self.cfg.mask_prob), candidates.sum(-1))  # (B,)
         scores = torch.rand((B, T), generator=rng, device=ids.device).masked_fill(~candidates, 2.0)
         rank = scores.argsort(dim=-1).argsort(dim=-1)                              # (B, T)
         masked = (rank < budget[:, None]) & candidates                             # (B, T)
         keep = real & ~masked                                                      # (B, T)
 
         count = keep.sum(-1)                                                       # (B,)
-        full = T - int(mask_budget(torch.tensor([T]), self.cfg.mask_prob))         # a full row's count
+        full = T - int(masking.mask_budget(torch.tensor([T]), self.cfg.mask_prob))         # a full row's count
         K = max(full, int(count.max()))                                            # static for full blocks
         # kept tokens first, in their original order (stable sort of the drop flag)
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :K]   # (B, K)

@@ -87,6 +87,90 @@ def span_mask(candidates: Tensor, prob: float, rng: torch.Generator, geometric_p
     return out
 
 
+def blockwise_mask(candidates: Tensor, prob: float, rng: torch.Generator, long_block_prob: float = 0.4,
+                   min_long_length: int = 2, max_long_length: int = 6,
+                   budget: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """UniLMv2's blockwise masking (Bao et al. 2020, section 3, Algorithm 1) and one random
+    factorization order over the blocks.
+
+    Per row, repeat: a block length, uniform in [min_long_length, max_long_length] with probability
+    `long_block_prob`, else 1; a uniform start in the span of the candidates; the block is rejected
+    if it covers a non-candidate or an already masked position. Until `budget` tokens are masked,
+    round(prob * candidates) by default (at least 1); a block longer than what is left of the budget
+    is cut to it, so rows never overshoot. Then the K blocks of the row are numbered 0..K-1 in a
+    uniformly random order (the factorization order: block k is predicted from blocks < k).
+
+    candidates: (B, T) bool; budget: optional (B,) long, clipped to each row's candidate count.
+    Returns (mask (B, T) bool, block (B, T) long: the block's place in the order, -1 where unmasked).
+    """
+    B, T = candidates.shape
+    counts = candidates.sum(-1)                                                   # (B,)
+    budget = budget_for(candidates, prob) if budget is None else budget.to(counts.device)
+    budget = torch.minimum(budget, counts).tolist()
+    block = torch.full((B, T), -1, dtype=torch.long)                              # (B, T), on the CPU
+    cpu = candidates.cpu()
+    index = torch.arange(T).expand(B, T)                                          # (B, T)
+    lo = torch.where(cpu, index, T).amin(-1).tolist()                             # first candidate
+    hi = (torch.where(cpu, index, -1).amax(-1) + 1).tolist()                      # last candidate + 1
+    allowed_rows = cpu.tolist()
+    n_long = max_long_length - min_long_length + 1
+    for b in range(B):
+        need = budget[b]
+        free = list(allowed_rows[b])                                              # candidate and unmasked
+        starts: list[tuple[int, int]] = []
+        chunks = 0
+        while need > 0:
+            # (c, 3) uniforms per chunk: long or not, long length, start; python floats from here on
+            for u_long, u_length, u_start in torch.rand(2 * need + 8, 3, generator=rng).tolist():
+                length = min_long_length + int(u_length * n_long) if u_long < long_block_prob else 1
+                length = min(length, need)                                       # never overshoot
+                start = lo[b] + int(u_start * (hi[b] - lo[b] - length + 1))
+                if all(free[start:start + length]):
+                    free[start:start + length] = [False] * length
+                    starts.append((start, length))
+                    need -= length
+                    if need == 0:
+                        break
+            chunks += 1
+            if chunks > 100 * T + 100:     # a guard: every proposal has a chance while need <= free
+                raise RuntimeError("blockwise_mask: could not place the masking budget")
+        order = torch.randperm(len(starts), generator=rng).tolist()               # factorization order
+        for k, (start, length) in zip(order, starts):
+            block[b, start:start + length] = k
+    block = block.to(candidates.device)
+    return block.ge(0), block
+
+
+def pseudo_mask_attention(real: Tensor, step: Tensor, valid: Tensor) -> Tensor:
+    """The one-pass attention layout of partially autoregressive pseudo-masked LM (UniLMv2, Bao et
+    al. 2020, section 3.2 and its self-attention mask figure), as a (B, T', T') bool "may attend".
+
+    The sequence is [text, L | originals, N | pseudo masks, N], T' = L + 2N (see
+    pmlm.pseudo_masked_batch). real: (B, L) text that is not padding; step: (B, N) the block's place
+    in the factorization order of each appended pair (original slot L + j, [P] slot L + N + j);
+    valid: (B, N) False where a row has fewer than N masked tokens. Query i may attend key j:
+    - text keys (context and [M]) to every non-padding query; text queries see nothing else (the
+      ordinary bidirectional MLM, untouched by what is appended);
+    - original keys of block s to original queries of blocks >= s and [P] queries of blocks > s
+      (earlier steps are known; [P] never sees its own block's originals: no explicit leakage);
+    - [P] keys of block s to [P] queries of block s only (a block is predicted at once);
+    - padding keys to nobody but themselves, and a padding query only to itself (finite, unused).
+    No token sees a later block, not even through context tokens (no implicit leakage).
+    """
+    B, L = real.shape
+    N = step.shape[1]
+    out = torch.zeros(B, L + 2 * N, L + 2 * N, dtype=torch.bool, device=real.device)  # (B, T', T')
+    query = torch.cat([real, valid, valid], dim=1)                                # (B, T') not padding
+    out[:, :, :L] = query[:, :, None] & real[:, None, :]                          # text keys
+    pair = valid[:, :, None] & valid[:, None, :]                                  # (B, N, N) query, key
+    qs, ks = step[:, :, None], step[:, None, :]
+    out[:, L:L + N, L:L + N] = pair & (ks <= qs)                                  # originals -> originals
+    out[:, L + N:, L:L + N] = pair & (ks < qs)                                    # [P] -> earlier originals
+    out[:, L + N:, L + N:] = pair & (ks == qs)                                    # [P] -> own block's [P]
+    out.diagonal(dim1=1, dim2=2).logical_or_(~query)                              # padding: itself only
+    return out
+
+
 def apply_bert_replacement(input_ids: Tensor, mask: Tensor, mask_id: int, vocab_size: int,
                            rng: torch.Generator, mask_token_prob: float = 0.8,
                            random_token_prob: float = 0.1) -> Tensor:
@@ -109,3 +193,14 @@ def sample_tokens(logits: Tensor, temperature: float = 1.0, generator: torch.Gen
         cdf = probs.cumsum_(dim=-1)
         u = torch.rand(logits.shape[0], 1, device=logits.device, generator=generator) * cdf[:, -1:]
         return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+
+
+def mask_budget(lengths: Tensor, mask_prob: float) -> Tensor:
+    """(B,) tokens to remove per row: round(mask_prob x length), at least 1 for a non-empty row.
+
+    A function of the row's length only (the official pipeline masks mask_prob x the sample size),
+    not of how many [SEP] tokens the block happens to contain, so every full block keeps the same
+    number of tokens and the encoder input has one static shape.
+    """
+    budget = (lengths.to(torch.float64) * mask_prob).round().long()
+    return torch.where(lengths > 0, budget.clamp(min=1), budget)
