@@ -64,3 +64,50 @@ def test_fused_cross_entropy_matches_torch():
             assert loss.dtype == torch.float32 and torch.allclose(loss, ref, rtol=1e-6, atol=1e-5)
             assert torch.equal(predicted, x.argmax(-1))
             assert a.grad.dtype == dtype and torch.allclose(a.grad.float(), b.grad.float(), rtol=1e-2, atol=1e-6)
+
+
+def _objective(name: str, cfg, **fields):
+    return OBJECTIVES[name](OBJECTIVES[name].Config(**fields), cfg, Vocab(size=cfg.vocab_size))
+
+
+def test_objective_flops_count_their_auxiliary_networks():
+    """Each objective's FLOPs = the MLM formula's parts rearranged by hand (model/flops.py convention)."""
+    from unimask.model.flops import stack_flops
+    from unimask.objectives.generator import generator_config
+    cfg = sized("mini", vocab_size=1000)
+    D, V, T, f = cfg.hidden_size, cfg.vocab_size, 128, 19 / 128
+    mlm = train_flops_per_token(cfg, T, f)
+    head = 6 * (D * D + D * V)
+    # MAE-LM: the encoder on the 109 kept tokens, each decoder layer on all 128
+    deep, shallow = (_objective("maelm", cfg, decoder_layers=n).train_flops_per_token(T, f) for n in (4, 2))
+    dec_layer = stack_flops(generator_config(cfg, D, 1), T)
+    assert abs((deep - shallow) - 2 * dec_layer) < 1e-6 * deep
+    assert abs(shallow - (109 / 128 * stack_flops(cfg, 109) + 2 * dec_layer + f * head)) < 1e-6 * deep
+    # PMLM: without PAR it is MLM; with it the encoder runs on T (1 + 2f) tokens and the head on 2f rows
+    assert abs(_objective("pmlm", cfg, par_weight=0.0).train_flops_per_token(T, f) - mlm) < 1e-6 * mlm
+    ext = T + 38
+    assert abs(_objective("pmlm", cfg).train_flops_per_token(T, f) - (ext / T * stack_flops(cfg, ext) + 2 * f * head)) < 1e-3
+    # ELECTRA: discriminator + RTD head + a 64-wide generator and its head on the masked rows
+    gen = generator_config(cfg, 64, cfg.num_layers)
+    electra = stack_flops(cfg, T) + 6 * (D * D + D) + stack_flops(gen, T) + 6 * D * 64 + f * 6 * (64 * D + D * V)
+    assert abs(_objective("electra", cfg).train_flops_per_token(T, f) - electra) < 1e-6 * electra
+    # COCO-LM without SCL, generator sampled from its training pass: generator + main + copy + CLM projection
+    coco = _objective("cocolm", cfg, scl_weight=0.0, generator_layers=1, generator_sample_mode="train")
+    gen1 = generator_config(cfg, D, 1)
+    expected = stack_flops(gen1, T) + f * head + stack_flops(cfg, T) + 6 * D + f * 6 * D * V
+    assert abs(coco.train_flops_per_token(T, f) - expected) < 1e-6 * expected
+
+
+def test_bench_set_configures_the_objective(capsys):
+    args = ["bench", "--objective", "maelm", "--size", "tiny", "--vocab", "1000", "--batch", "2", "--seq", "32",
+            "--steps", "1", "--warmup", "0", "--dtype", "fp32", "--device", "cpu"]
+    flops = {}
+    for layers in (1, 3):
+        assert cli.main([*args, "--set", f"objective.decoder_layers={layers}"]) == 0
+        rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rec["overrides"] == [f"objective.decoder_layers={layers}"] and rec["flops_source"] == "objective"
+        flops[layers] = rec["train_flops_per_token"]
+    assert flops[3] > flops[1]
+    assert cli.main([*args, "--set", "objective.decoder_layer=2"]) == 2
+    assert "did you mean objective.decoder_layers" in capsys.readouterr().err
+    assert cli.main([*args, "--set", "train.lr=1"]) == 2

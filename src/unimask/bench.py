@@ -35,15 +35,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .model import flops
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ---- analytic FLOPs -----------------------------------------------------------------------------
 
-def encoder_matmul_params(cfg) -> int:
-    """Weights that multiply every token once per layer: Q, K, V, out (4 D^2) and the MLP (2 D I)."""
-    D, I = cfg.hidden_size, cfg.intermediate_size
-    return cfg.num_layers * (4 * D * D + 2 * D * I)
+encoder_matmul_params = flops.stack_matmul_params
 
 
 def train_flops_per_token(cfg, seq_len: int, predicted_fraction: float, lm_head: bool = True) -> float:
@@ -61,10 +60,9 @@ def train_flops_per_token(cfg, seq_len: int, predicted_fraction: float, lm_head:
     Embedding lookups, LayerNorm, softmax, GELU, dropout and the optimizer are not counted (they are
     memory-bound and not matmul FLOPs), nor the embedding gradient's scatter.
     """
-    D, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_layers
-    encoder = 6 * encoder_matmul_params(cfg) + 6 * L * 2 * seq_len * D
-    head = 6 * predicted_fraction * (D * D + V * D) if lm_head else 0.0
-    return float(encoder + head)
+    D, V = cfg.hidden_size, cfg.vocab_size
+    head = predicted_fraction * flops.lm_head_flops(D, D, V) if lm_head else 0.0
+    return float(flops.stack_flops(cfg, seq_len) + head)
 
 
 def count_params(model: nn.Module, embedding_tables: tuple[nn.Module, ...] = ()) -> tuple[int, int]:
@@ -241,9 +239,25 @@ def encoder_config(size: str, vocab_size: int):
     return sized(size, vocab_size=vocab_size)
 
 
+def _apply_overrides(objective_name: str, size: str, cfg, objective_cfg, overrides):
+    """`--set model.X=V objective.Y=W` through the config module's typed, checked parser."""
+    from .config import RunConfig, apply_overrides
+    from .data.loader import DataConfig
+    from .errors import UserError
+    from .train.loop import TrainConfig
+    bad = [o for o in overrides if not o.startswith(("model.", "objective."))]
+    if bad:
+        raise UserError(f"--set {bad[0]}: bench takes model.* and objective.* keys only (batch, seq and dtype are flags)")
+    run = apply_overrides(RunConfig(objective_name, size, cfg, objective_cfg, DataConfig(path=""), TrainConfig()),
+                          list(overrides))
+    return run.model, run.objective
+
+
 def build_engine(objective_name: str, size: str, batch: int, seq: int, count: int, dtype: str,
-                 vocab_size: int, info, seed: int = 0, compile_model: bool = False) -> Engine:
-    """unimask's training setup, built the way `train.loop.train` builds it."""
+                 vocab_size: int, info, seed: int = 0, compile_model: bool = False,
+                 overrides: tuple[str, ...] = ()) -> Engine:
+    """unimask's training setup, built the way `train.loop.train` builds it. `overrides` are
+    `model.X=V` / `objective.X=V` assignments as `unimask pretrain --set` takes them."""
     from .objectives import OBJECTIVES, PretrainModel, Vocab
     from .model.encoder import Encoder
     from .train import parallel
@@ -252,12 +266,15 @@ def build_engine(objective_name: str, size: str, batch: int, seq: int, count: in
 
     tcfg = TrainConfig()
     cfg = encoder_config(size, vocab_size)
+    objective_cfg = OBJECTIVES[objective_name].Config()
+    if overrides:
+        cfg, objective_cfg = _apply_overrides(objective_name, size, cfg, objective_cfg, overrides)
     if seq > cfg.max_positions:
         from .errors import UserError
         raise UserError(f"--seq {seq} exceeds the encoder's max_positions {cfg.max_positions}")
     torch.manual_seed(seed)
     vocab = Vocab(size=vocab_size)
-    objective = OBJECTIVES[objective_name](OBJECTIVES[objective_name].Config(), cfg, vocab)
+    objective = OBJECTIVES[objective_name](objective_cfg, cfg, vocab)
     plain = PretrainModel(Encoder(cfg), objective)
     model = parallel.parallelize(plain, info, "ddp", compile_model)
     optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
@@ -350,6 +367,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", choices=sorted(OBJECTIVES), default="mlm")
     add_common_arguments(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model as train.compile=true does")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model.* or objective.* field, e.g. --set objective.decoder_layers=2")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -372,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
     wait_until_quiet(args.quiet_wait)
     measure_peak_tflops(DTYPES[args.dtype], info.device)
     engine = build_engine(args.objective, args.size, args.batch, args.seq, args.warmup + args.steps,
-                          args.dtype, args.vocab, info, args.seed, args.compile)
+                          args.dtype, args.vocab, info, args.seed, args.compile, tuple(args.overrides))
     rounds = run_interleaved([engine], args.warmup, args.steps, block=1 if args.quiet_wait > 0 else args.steps,
                              quiet_wait=args.quiet_wait)
     rss = peak_rss_mb()                      # before the peak GEMMs allocate their operands
@@ -384,5 +403,6 @@ def run(args: argparse.Namespace) -> int:
         rec["keep_freed_memory"] = kept
     if args.quiet_wait > 0:
         rec["quiet_steps"] = rounds["quiet_rounds"]
-    print(json.dumps({"objective": args.objective, "size": args.size, **rec}), flush=True)
+    extra = {"overrides": args.overrides} if args.overrides else {}
+    print(json.dumps({"objective": args.objective, "size": args.size, **extra, **rec}), flush=True)
     return 0

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model import flops
 from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
@@ -386,6 +387,29 @@ class CocoLM(Objective):
             metrics["scl_acc"] = ratio(scl_correct, torch.tensor(views))
         parts["n"] = n
         return parts, metrics
+
+    def train_flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
+        """Per text token (model/flops.py): the generator's training pass (forward only when frozen)
+        and, in "eval" sample mode, its no-grad sampling pass; the main model on the corrupted text
+        with the copy head on every token and the CLM projection on the masked fraction; with SCL, the
+        main model again on the cropped view."""
+        cfg, main, gen = self.cfg, self.encoder_cfg, self.generator.blocks.config
+        D, Dg, V, f = main.hidden_size, gen.hidden_size, main.vocab_size, predicted_fraction
+        project = D * Dg if self.generator.project is not None else 0
+
+        def generator(per: int) -> float:
+            return flops.stack_flops(gen, seq_len, per) + per * project + f * flops.lm_head_flops(Dg, D, V, per)
+
+        total = generator(flops.TRAIN if cfg.generator_weight > 0 else flops.FORWARD)
+        if cfg.generator_sample_mode == "eval" and self._sampling_pass_differs:
+            total += generator(flops.FORWARD)
+        total += flops.stack_flops(main, seq_len)
+        total += flops.TRAIN * D if self.copy_head is not None else 0
+        total += f * flops.TRAIN * D * V if self.clm_bias is not None else 0
+        if self.scl_head is not None:
+            view = view_length(seq_len, cfg.crop_fraction)
+            total += view / seq_len * flops.stack_flops(main, view)
+        return float(total)
 
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
         cfg = self.cfg

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..model import flops
 from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
@@ -195,6 +196,15 @@ class Electra(Objective):
                 "rtd_recall": ratio(true_pos, positives.sum()),
             }
         return ObjectiveOutput(loss, n, metrics)
+
+    def train_flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
+        """Per text token (model/flops.py): discriminator + RTD head on every token, generator (+ its
+        input projection) on every token, generator LM head on the masked fraction."""
+        main, gen = self.encoder_cfg, self.generator.blocks.config
+        D, Dg = main.hidden_size, gen.hidden_size
+        return (flops.stack_flops(main, seq_len) + flops.TRAIN * (D * D + D)
+                + flops.stack_flops(gen, seq_len) + (flops.TRAIN * D * Dg if self.generator.project is not None else 0)
+                + predicted_fraction * flops.lm_head_flops(Dg, D, main.vocab_size))
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         if "gen_loss" in means:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..model import flops
 from ..model.encoder import BlockStack, Encoder, EncoderConfig, init_bert_weights
 from ..model.heads import LMHead
 from . import masking
@@ -152,6 +153,15 @@ class MAELM(Objective):
 
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
         return predict_masked(self.head, self.decode(encoder, batch), batch.labels, encoder)
+
+    def train_flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
+        """Per text token (model/flops.py): the encoder on the kept tokens only, the decoder on every
+        position, the LM head on the masked fraction."""
+        kept = seq_len - int(masking.mask_budget(torch.tensor([seq_len]), self.cfg.mask_prob))
+        D, V = self.encoder_cfg.hidden_size, self.encoder_cfg.vocab_size
+        return (kept / seq_len * flops.stack_flops(self.encoder_cfg, kept)
+                + flops.stack_flops(self.decoder.blocks.config, seq_len)
+                + predicted_fraction * flops.lm_head_flops(D, D, V))
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         return with_perplexity(means)

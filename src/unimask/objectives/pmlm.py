@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..model import flops
 from ..model.encoder import Encoder, EncoderConfig
 from ..model.heads import LMHead
 from . import masking
@@ -192,6 +193,15 @@ class PMLM(Objective):
             metrics[f"{name}_loss"], metrics[f"{name}_acc"] = ratio(part_ce, count), ratio(correct, count)
             start += n
         return ObjectiveOutput(loss, ae_labels.ne(-100).sum(), metrics)
+
+    def train_flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
+        """Per text token (model/flops.py): the encoder over the text plus the appended originals and
+        pseudo masks, T' = T (1 + 2 f) tokens with T' x T' attention, and the LM head on the [M] and
+        [P] rows (2 f per text token; f = the masked fraction of the text)."""
+        D, V = self.encoder_cfg.hidden_size, self.encoder_cfg.vocab_size
+        extended = seq_len * (1 + 2 * predicted_fraction) if self.cfg.par_weight > 0 else seq_len
+        rows = predicted_fraction * ((self.cfg.ae_weight > 0) + (self.cfg.par_weight > 0))
+        return extended / seq_len * flops.stack_flops(self.encoder_cfg, extended) + rows * flops.lm_head_flops(D, D, V)
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         means = with_perplexity(means)
