@@ -243,3 +243,43 @@ def test_token_type_row_zero_is_the_default():
     x = ids(2, 5)
     torch.testing.assert_close(enc(x), enc(x, token_type_ids=torch.zeros_like(x)))
     assert not torch.allclose(enc(x), enc(x, token_type_ids=torch.ones_like(x)), atol=1e-4)
+
+
+@pytest.mark.parametrize("norm,positions", COMBOS)
+def test_step_with_cache_equals_one_forward(norm, positions):
+    """Encoder.step: a sequence run in chunks, each attending to the cached keys/values of the
+    earlier ones, equals one forward under the same mask when no token attends to a later one."""
+    enc = encoder(norm, positions)
+    B, T = 3, 10
+    x = ids(B, T)
+    g = torch.Generator().manual_seed(3)
+    # any mask in which tokens see only themselves and earlier tokens (holes allowed), with padding
+    mask = torch.tril(torch.rand(B, T, T, generator=g) < 0.6) | torch.eye(T, dtype=torch.bool)
+    position_ids = torch.randperm(30, generator=g)[:T].sort().values.expand(B, T).clone()
+    position_ids[1] += 5                                       # positions are ids, not indices
+    types = (torch.arange(T) >= 4).long().expand(B, T)
+    full = enc(x, position_ids=position_ids, token_type_ids=types, attention_mask=mask)   # (B, T, D)
+    past, chunks = None, []
+    for a, b in ((0, 3), (3, 4), (4, 8), (8, 10)):
+        h, new = enc.step(x[:, a:b], position_ids=position_ids[:, a:b], token_type_ids=types[:, a:b],
+                          attention_mask=mask[:, a:b, :b], past=past,
+                          past_position_ids=None if past is None else position_ids[:, :a])
+        past = new if past is None else [(torch.cat([k, nk], 2), torch.cat([v, nv], 2))
+                                         for (k, v), (nk, nv) in zip(past, new)]
+        chunks.append(h)
+    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=1e-5)
+    assert past[0][0].shape == (B, 2, T, 8)                    # (B, H, P, Dh)
+    # without a past, step is forward plus the keys/values
+    h, _ = enc.step(x, position_ids=position_ids, token_type_ids=types, attention_mask=mask)
+    torch.testing.assert_close(h, full)
+    with pytest.raises(ValueError):
+        enc.step(x[:, :2], past=past)
+
+
+def test_relative_bias_with_separate_key_positions():
+    enc = encoder("post", "relative")
+    q = torch.tensor([[3, 7]])
+    k = torch.tensor([[0, 3, 7, 9]])
+    bias = enc.relative_bias(q, k)                             # (1, H, 2, 4)
+    full = enc.relative_bias(torch.tensor([[0, 3, 7, 9]]))     # (1, H, 4, 4)
+    torch.testing.assert_close(bias, full[:, :, 1:3])

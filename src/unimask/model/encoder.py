@@ -6,6 +6,13 @@ shared by all layers, as in COCO-LM. Attention runs through `scaled_dot_product_
 
 The parameter names follow a fixed rename table to `transformers.BertModel` (see export/hf.py), so a
 post-LN absolute-position encoder exports without any other transformation.
+
+Incremental decoding (`Encoder.step`): new tokens attend to the cached keys/values of earlier tokens
+plus their own, under a (B, T_new, P + T_new) "may attend" mask, with the relative bias computed from
+the new tokens' position ids against every key's. UniLM-style left-to-right generation (Dong et al.
+2019; UniLMv2, Bao et al. 2020, fine-tuning for generation) encodes the source once and then feeds
+one target token and one pseudo [MASK] per step (tasks/decoding.py). Only keys/values are cached: with a
+layout in which earlier tokens never attend to later ones, this equals running the whole sequence.
 """
 
 from __future__ import annotations
@@ -71,9 +78,11 @@ class RelativePositionBias(nn.Module):
         self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
         self.table = nn.Embedding(cfg.relative_buckets, cfg.num_heads)
 
-    def forward(self, position_ids: Tensor) -> Tensor:
-        # position_ids: (B, T) -> bias (B, H, T, T), entry [b, h, i, j] for query i and key j
-        relative = position_ids[:, None, :] - position_ids[:, :, None]  # (B, T, T) = key - query
+    def forward(self, position_ids: Tensor, key_position_ids: Tensor | None = None) -> Tensor:
+        # position_ids: (B, Tq) of the queries; key_position_ids: (B, Tk) of the keys, default the queries'
+        # -> bias (B, H, Tq, Tk), entry [b, h, i, j] for query i and key j
+        keys = position_ids if key_position_ids is None else key_position_ids
+        relative = keys[:, None, :] - position_ids[:, :, None]  # (B, Tq, Tk) = key - query
         buckets = relative_position_bucket(relative, self.num_buckets, self.max_distance)
         return self.table(buckets).permute(0, 3, 1, 2)
 
@@ -106,14 +115,21 @@ class Attention(nn.Module):
         self.attention_dropout = cfg.attention_dropout
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self.step(x, mask)[0]
+
+    def step(self, x: Tensor, mask: Tensor | None,
+             past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, T, D) attending to the cached `past` keys/values ((B, H, P, Dh) each) and to itself;
+        mask (B, 1|H, T|1, P + T). Returns the output (B, T, D) and the new tokens' own (k, v)."""
         B, T, D = x.shape
         H = self.num_heads
         q = self.query(x).view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
         k = self.key(x).view(B, T, H, D // H).transpose(1, 2)
         v = self.value(x).view(B, T, H, D // H).transpose(1, 2)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))  # (B, H, P+T, Dh)
         dropout = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, Dh)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)  # (B, H, T, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v)
 
 
 class MLP(nn.Module):
@@ -137,11 +153,19 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self.step(x, mask)[0]
+
+    def step(self, x: Tensor, mask: Tensor | None,
+             past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The block over new tokens x (B, T, D) with cached keys/values `past` (see Attention.step);
+        returns (B, T, D) and the new tokens' (k, v) of this layer."""
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), mask))
-            return x + self.dropout(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+            a, kv = self.attn.step(self.attn_norm(x), mask, past)
+            x = x + self.dropout(a)
+            return x + self.dropout(self.mlp(self.mlp_norm(x))), kv
+        a, kv = self.attn.step(x, mask, past)
+        x = self.attn_norm(x + self.dropout(a))
+        return self.mlp_norm(x + self.dropout(self.mlp(x))), kv
 
 
 def attention_bias(attention_mask: Tensor | None, relative_bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -149,6 +173,7 @@ def attention_bias(attention_mask: Tensor | None, relative_bias: Tensor | None, 
 
     attention_mask: None, (B, T) key padding, (B, T, T) or (B, 1, T, T) boolean "may attend".
     Returns None, a boolean (B, 1, Tq|1, T) mask, or an additive float (B, H|1, T, T) bias.
+    Queries and keys may differ in number (incremental decoding): (B, Tk), (B, Tq, Tk), (B, 1, Tq, Tk).
     """
     mask = None
     if attention_mask is not None:
@@ -197,6 +222,27 @@ class BlockStack(nn.Module):
             x = layer(x, mask)
         return self.final_norm(x) if self.final_norm is not None else x
 
+    def step(self, x: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
+             past: list[tuple[Tensor, Tensor]] | None = None,
+             past_position_ids: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """`forward` for new tokens x (B, T, D) that also attend to cached earlier tokens.
+
+        past: per layer (k, v), each (B, H, P, Dh), as returned by earlier calls (concatenated along
+        dim 2 by the caller, which keeps only the tokens it wants later tokens to see);
+        past_position_ids: (B, P), their position ids (the relative bias needs them);
+        attention_mask: None, (B, P + T) key padding or (B, T, P + T) boolean "may attend".
+        Returns the hidden states (B, T, D) and per layer the new tokens' (k, v), (B, H, T, Dh) each.
+        """
+        keys = position_ids if past is None else torch.cat([past_position_ids, position_ids], 1)  # (B, P+T)
+        rel = self.relative_bias(position_ids, keys) if self.relative_bias is not None else None  # (B, H, T, P+T)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        mask = attention_bias(attention_mask, rel, dtype)
+        present = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer.step(x, mask, None if past is None else past[i])
+            present.append(kv)
+        return (self.final_norm(x) if self.final_norm is not None else x), present
+
 
 class Encoder(BlockStack):
     """Token ids (or embeddings) -> hidden states (B, T, D). Never sees labels or objectives."""
@@ -235,3 +281,32 @@ class Encoder(BlockStack):
         x, position_ids = self.embed(input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
                                      token_type_ids=token_type_ids)
         return super().forward(x, position_ids, attention_mask)
+
+    def step(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        past: list[tuple[Tensor, Tensor]] | None = None,
+        past_position_ids: Tensor | None = None,
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Incremental forward: new tokens (B, T) attend to the cached keys/values of earlier tokens
+        (`past`, per layer (k, v) of shape (B, H, P, Dh), with their position ids (B, P)) and to each
+        other as `attention_mask` allows ((B, P + T) or (B, T, P + T) boolean). Position ids default to
+        P, P + 1, ... Returns hidden states (B, T, D) and per layer the new tokens' (k, v) (B, H, T, Dh);
+        append the ones later tokens may see to `past` (torch.cat along dim 2). With `past=None` this is
+        `forward` plus the keys/values. Running a sequence in chunks this way equals one `forward` when
+        no token attends to a later one."""
+        if past is not None and past_position_ids is None:
+            raise ValueError("pass past_position_ids with past (the relative bias and positions need them)")
+        if position_ids is None:
+            n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            start = 0 if past is None else past_position_ids.shape[1]
+            ref = input_ids if input_ids is not None else inputs_embeds
+            position_ids = (start + torch.arange(n, device=ref.device)).expand(ref.shape[0], n)
+        x, position_ids = self.embed(input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
+                                     token_type_ids=token_type_ids)
+        return super().step(x, position_ids, attention_mask, past, past_position_ids)

@@ -50,6 +50,11 @@ class Task:
     eval_splits: tuple[str, ...] = ("dev",)
     pretrained_head: ClassVar[str | None] = None   # "lm": load the checkpoint's tied LMHead state into the head
 
+    def options(self) -> dict[str, Any]:
+        """Task settings saved with the fine-tuned weights (best/finetune.json "task_options"), for tools
+        that use the model afterwards (`unimask generate` reads the seq2seq lengths and decoding)."""
+        return {}
+
     def examples(self, split: str) -> list[Any]:
         """The examples of `split` ("train" or one of `eval_splits`)."""
         raise NotImplementedError

@@ -301,7 +301,7 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
                 best_value = value
                 meta = {"task": task.name, "metric": task.metric, "lr": lr, "seed": seed, "scores": result.best,
                         "model": asdict(pretrained.config), "labels": list(getattr(task, "labels", None) or []),
-                        "source": pretrained.source}
+                        "source": pretrained.source, "task_options": task.options()}
                 _write_atomic(out / "best", {
                     "model.safetensors": lambda p, s=state: save_file({k: v.contiguous() for k, v in s.items()}, str(p)),
                     "finetune.json": lambda p, m=meta: p.write_text(json.dumps(m, indent=2)),
@@ -349,11 +349,35 @@ def _squad(args: argparse.Namespace) -> Task:
                      max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
 
 
+def _seq2seq(args: argparse.Namespace) -> Task:
+    from .decoding import GenerationConfig
+    from .seq2seq import Seq2SeqTask
+
+    def split(name: str):
+        jsonl, src, tgt = getattr(args, name), getattr(args, f"{name}_src"), getattr(args, f"{name}_tgt")
+        if jsonl and (src or tgt):
+            raise UserError(f"--task seq2seq: give --{name} FILE.jsonl or --{name}-src/--{name}-tgt, not both")
+        if bool(src) != bool(tgt):
+            raise UserError(f"--task seq2seq: --{name}-src and --{name}-tgt go together (line-aligned text files)")
+        if not (jsonl or src):
+            raise UserError(f"--task seq2seq needs --{name} FILE.jsonl ({{\"src\": ..., \"tgt\": ...}} per line) "
+                            f"or --{name}-src SRC.txt --{name}-tgt TGT.txt")
+        return jsonl or (src, tgt)
+
+    generation = GenerationConfig(beam_size=args.beam, length_penalty=args.length_penalty,
+                                  blocked_ngram_size=args.no_repeat_ngram, min_length=args.min_length,
+                                  max_length=args.max_gen_length)
+    return Seq2SeqTask(split("train"), split("dev"), target_mask_prob=args.target_mask_prob,
+                       max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+                       generation=generation, max_eval_examples=args.max_eval_examples)
+
+
 TASKS: dict[str, Callable[[argparse.Namespace], Task]] = {
     **{name: _glue(name) for name in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")},
     "classify": _user("classify"),
     "regress": _user("regress"),
     "squad": _squad,
+    "seq2seq": _seq2seq,
 }
 """`--task` name -> a builder from the parsed arguments."""
 
@@ -365,8 +389,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a unimask run directory or checkpoint (any objective), or a transformers BERT directory")
     p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
-    p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file")
-    p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file")
+    p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file; seq2seq: a JSONL file")
+    p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file; seq2seq: a JSONL file")
     p.add_argument("--text-column", help="classify / regress: the text column (header name or JSONL key)")
     p.add_argument("--text-pair-column", help="classify / regress: the second text of a pair, if any")
     p.add_argument("--label-column", help="classify / regress: the label column")
@@ -394,6 +418,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--doc-stride", type=int, default=128, help="squad: window stride in tokens")
     p.add_argument("--max-answer-length", type=int, default=30, help="squad: longest answer in tokens")
     p.add_argument("--null-threshold", type=float, default=0.0, help="squad v2.0: predict no answer above this")
+    s = p.add_argument_group("seq2seq (UniLM-style generation fine-tuning; --max-length = source + target tokens)")
+    s.add_argument("--train-src", metavar="FILE", help="training sources, one per line")
+    s.add_argument("--train-tgt", metavar="FILE", help="training targets, line-aligned with --train-src")
+    s.add_argument("--dev-src", metavar="FILE", help="evaluation sources, one per line")
+    s.add_argument("--dev-tgt", metavar="FILE", help="evaluation references, line-aligned with --dev-src")
+    s.add_argument("--target-mask-prob", type=float, default=0.7, help="probability of masking a target token")
+    s.add_argument("--max-source-length", type=int, default=0,
+                   help="tokens of [CLS] source [SEP] (default: --max-length minus --max-target-length)")
+    s.add_argument("--max-target-length", type=int, default=48, help="tokens of target [SEP]")
+    s.add_argument("--beam", type=int, default=5, help="evaluation beam size (1 = greedy)")
+    s.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log-prob / length ** this")
+    s.add_argument("--no-repeat-ngram", type=int, default=3, help="block repeated n-grams of this size (0: off)")
+    s.add_argument("--min-length", type=int, default=1, help="fewest generated tokens before [SEP]")
+    s.add_argument("--max-gen-length", type=int, default=0, help="most generated tokens (0: --max-target-length - 1)")
+    s.add_argument("--max-eval-examples", type=int, default=0, help="decode only the first N dev examples (0: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -4,6 +4,8 @@ GLUE metrics are thin wrappers over scikit-learn / scipy, called as (labels, pre
 scikit-learn. SQuAD EM/F1 follow the official v1.1/v2.0 evaluation scripts (Rajpurkar et al. 2016,
 2018): answers are normalised (lower-case, no punctuation, no articles, single spaces), a prediction
 scores the maximum over the gold answers, and an unanswerable question's only gold answer is "".
+Generation is scored with well-kept packages: corpus BLEU-4 (sacrebleu), ROUGE-L (rouge-score) and,
+when nltk's WordNet data is installed, METEOR (nltk).
 """
 
 from __future__ import annotations
@@ -113,3 +115,71 @@ def squad_scores(predictions: Mapping[str, str], examples: Iterable[Any],
 
 def _percent(values: list[float]) -> float:
     return 100.0 * sum(values) / len(values) if values else 0.0
+
+
+# ---------------------------------------------------------------- generation (BLEU-4, ROUGE-L, METEOR)
+
+_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def generation_tokens(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks, each its own token ("levi's" -> levi ' s): question
+    generation papers (Du et al. 2017; UniLM, Dong et al. 2019) score lower-cased tokenized text, and
+    one tokenization for both sides keeps the score independent of how the WordPiece decoder joins."""
+    return _WORDS.findall(text.lower())
+
+
+def bleu4(references: list[str], predictions: list[str]) -> float:
+    """Corpus BLEU-4 (Papineni et al. 2002) with sacrebleu on `generation_tokens` (its own tokenizer
+    off, no smoothing, one reference per prediction): n-gram matches and lengths are summed over the
+    corpus before the geometric mean and the brevity penalty, as multi-bleu.perl and the coco-caption
+    scorer of the QG papers do (nltk's corpus_bleu counts a too-short hypothesis as one n-gram)."""
+    from sacrebleu.metrics import BLEU
+    if not predictions:
+        return 0.0
+    bleu = BLEU(tokenize="none", smooth_method="none", force=True)
+    return float(bleu.corpus_score([" ".join(generation_tokens(p)) for p in predictions],
+                                   [[" ".join(generation_tokens(r)) for r in references]]).score)
+
+
+def rouge_l(references: list[str], predictions: list[str]) -> float:
+    """Mean sentence-level ROUGE-L F1 (Lin 2004) of Google's `rouge-score` package with its own
+    tokenizer (lower-cased, alphanumeric tokens only)."""
+    from rouge_score import rouge_scorer
+    if not predictions:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    return 100.0 * float(np.mean([scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]))
+
+
+def meteor_unavailable() -> str | None:
+    """Why METEOR cannot be computed here (nltk's METEOR needs its WordNet data, which is not a pip
+    dependency and cannot be downloaded at run time), or None when it can."""
+    try:
+        from nltk.corpus import wordnet
+        wordnet.synsets("question")
+    except ImportError:
+        return "nltk is not installed"
+    except LookupError:
+        return "nltk's WordNet data is not installed (python -m nltk.downloader wordnet), so METEOR is skipped"
+    return None
+
+
+def meteor(references: list[str], predictions: list[str]) -> float:
+    """Mean sentence METEOR (Banerjee and Lavie 2005; nltk's implementation with WordNet synonyms) on
+    `generation_tokens`. nltk's METEOR differs from the Java METEOR 1.5 of the QG papers by a few points."""
+    from nltk.translate.meteor_score import meteor_score
+    if not predictions:
+        return 0.0
+    return 100.0 * float(np.mean([meteor_score([generation_tokens(r)], generation_tokens(p))
+                                  for r, p in zip(references, predictions)]))
+
+
+def generation_scores(references: list[str], predictions: list[str]) -> dict[str, float]:
+    """{"bleu4", "rougeL"} and "meteor" when WordNet is available (see `meteor_unavailable`), in percent."""
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    scores = {"bleu4": bleu4(references, predictions), "rougeL": rouge_l(references, predictions)}
+    if meteor_unavailable() is None:
+        scores["meteor"] = meteor(references, predictions)
+    return scores

@@ -1,0 +1,134 @@
+"""`unimask generate`: decode with a model fine-tuned by `unimask finetune --task seq2seq`.
+
+Loads a fine-tuning run's best/ directory (model.safetensors with encoder.* and head.*, finetune.json
+with the encoder config and the task's lengths and decoding settings, tokenizer.json), decodes the
+sources of --input in batches with beam search (tasks/decoding.py: UniLM-style, keys/values reused
+unless --no-cache), writes one output per line, reports sentences per second, and scores the outputs
+against --references (corpus BLEU-4, ROUGE-L, METEOR when nltk's WordNet data is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from ..errors import UserError
+from ..model.encoder import Encoder, EncoderConfig
+from .base import SpecialIds
+from .decoding import GenerationConfig, generate
+from .metrics import generation_scores, meteor_unavailable
+from .seq2seq import _read_lines, decode_texts, decoder_ids, featurize_sources, read_jsonl, tied_head
+
+
+def find_best(path: str | Path) -> Path:
+    """The directory holding finetune.json: `path` itself or its best/ (a `unimask finetune` output)."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "best"):
+        if (candidate / "finetune.json").is_file():
+            return candidate
+    raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
+                    "`unimask finetune --task seq2seq`")
+
+
+def load_finetuned(path: str | Path) -> tuple[Encoder, torch.nn.Module, Tokenizer, dict[str, Any]]:
+    """(encoder, tied LM head, tokenizer, finetune.json) of a seq2seq fine-tuning run, in eval mode."""
+    from safetensors.torch import load_file
+
+    best = find_best(path)
+    meta = json.loads((best / "finetune.json").read_text())
+    if meta.get("task") != "seq2seq":
+        raise UserError(f"{best} holds a fine-tuned {meta.get('task')!r} model; generation needs one fine-tuned "
+                        "with --task seq2seq")
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (best / name).is_file():
+            raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
+    encoder = Encoder(EncoderConfig(**meta["model"]))
+    head = tied_head(encoder)
+    state = load_file(str(best / "model.safetensors"))
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    return encoder.eval(), head.eval(), Tokenizer.from_file(str(best / "tokenizer.json")), meta
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="FT_RUN",
+                   help="the --out directory of `unimask finetune --task seq2seq` (or its best/)")
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help='sources, one per line, or a JSONL file with "src" (and optional "tgt" references)')
+    p.add_argument("--output", metavar="FILE", help="write one output per line here (default: standard output)")
+    p.add_argument("--references", metavar="FILE", help="reference outputs, line-aligned with --input: print scores")
+    p.add_argument("--beam", type=int, default=None, help="beam size, 1 = greedy (default: as fine-tuned)")
+    p.add_argument("--length-penalty", type=float, default=None, help="beam score = log-prob / length ** this")
+    p.add_argument("--no-repeat-ngram", type=int, default=None, help="block repeated n-grams of this size (0: off)")
+    p.add_argument("--min-length", type=int, default=None, help="fewest tokens before [SEP]")
+    p.add_argument("--max-length", type=int, default=None, help="most tokens before [SEP]")
+    p.add_argument("--batch-size", type=int, default=32, help="sources decoded together")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole prefix at every step instead of reusing keys/values (slower; same outputs)")
+    p.add_argument("--device", default="auto")
+
+
+def _generation_config(saved: dict[str, Any], args: argparse.Namespace) -> GenerationConfig:
+    overrides = {"beam_size": args.beam, "length_penalty": args.length_penalty,
+                 "blocked_ngram_size": args.no_repeat_ngram, "min_length": args.min_length,
+                 "max_length": args.max_length}
+    fields = {**saved, **{k: v for k, v in overrides.items() if v is not None}, "kv_cache": not args.no_cache}
+    return GenerationConfig(**fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    encoder, head, tokenizer, meta = load_finetuned(args.checkpoint)
+    options = meta.get("task_options") or {}
+    cfg = _generation_config(options.get("generation", {}), args)
+    max_source_length = int(options.get("max_source_length") or encoder.config.max_positions // 2)
+    max_length = cfg.max_length or int(options.get("max_target_length", 48)) - 1
+
+    path = Path(args.input).expanduser()
+    if path.suffix == ".jsonl":
+        records = read_jsonl(path, target_required=False)
+        sources, jsonl_refs = [r.source for r in records], [r.target for r in records]
+    else:
+        sources, jsonl_refs = [line.strip() for line in _read_lines(path, "input file")], []
+    references = None
+    if args.references:
+        references = [line.strip() for line in _read_lines(args.references, "references file")]
+        if len(references) != len(sources):
+            raise UserError(f"--references has {len(references)} lines but --input has {len(sources)}; "
+                            "they must be line-aligned")
+    elif jsonl_refs and all(jsonl_refs):
+        references = jsonl_refs
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    encoder, head = encoder.to(device), head.to(device)
+    special = SpecialIds.of(tokenizer)
+    source_ids = featurize_sources(sources, tokenizer, special, max_source_length)
+    started = time.perf_counter()
+    outputs = generate(encoder, head, source_ids, decoder_ids(special, encoder.config), cfg, max_length,
+                       batch_size=args.batch_size, pad_id=special.pad, device=device,
+                       banned=(special.pad, special.cls, special.mask))
+    seconds = time.perf_counter() - started
+    texts = decode_texts(tokenizer, outputs)
+
+    if args.output:
+        Path(args.output).expanduser().write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    else:
+        sys.stdout.write("".join(t + "\n" for t in texts))
+    print(f"generated {len(texts)} outputs in {seconds:.2f} s ({len(texts) / max(seconds, 1e-9):.2f} sentences/s; "
+          f"beam {cfg.beam_size}, {'key/value cache' if cfg.kv_cache else 'no cache'})", file=sys.stderr)
+    if references is not None:
+        scores = generation_scores(references, texts)
+        print("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), file=sys.stderr)
+        reason = meteor_unavailable()
+        if reason:
+            print(f"note: {reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,345 @@
+"""Sequence-to-sequence fine-tuning of a bidirectional encoder, UniLM style, with pseudo masks.
+
+One Transformer is both encoder and decoder (UniLM, Dong et al. 2019, its sequence-to-sequence
+self-attention mask): the source is bidirectional and the target left-to-right. UniLMv2 (Bao et al.
+2020, fine-tuning for generation, and its s2s-ft code) predicts each target token at an appended
+pseudo [MASK] token that reuses the target token's position, so the true target tokens serve only as
+context:
+
+    input      [CLS] source [SEP] | y1 .. yT (yT = [SEP]) | [MASK] x T (pseudo tokens)
+    positions  0 .. S-1           | S .. S+T-1           | S .. S+T-1 (pseudo i = position of y_i)
+    types      0                  | 1                    | 1
+    attention  source  -> source (bidirectional)
+               y_i     -> source, y_1 .. y_i
+               pseudo_i-> source, y_1 .. y_(i-1), itself
+
+During training each target token of the true-token stream is replaced by [MASK] with probability
+`target_mask_prob` (0.4-0.8 in UniLM's recipes, 0.7 by default), and the loss is the cross-entropy of
+the tied LM head at the pseudo tokens of the replaced targets (UniLM's masked target tokens, read
+through pseudo masks). Padded slots attend only to themselves and are never predicted. (The s2s-ft
+code itself keeps the true stream clean and instead corrupts the pseudo stream, 80% [MASK] / 10%
+random / 10% the target itself, with the loss at every target; the recipe here is the one of
+DESIGN.md section 4.) Evaluation
+generates from every source with beam search (tasks/decoding.py) and scores with BLEU-4, ROUGE-L and
+METEOR when available (tasks/metrics.py).
+
+Data: line-aligned source and target text files (one example per line, e.g. the question-generation
+split of Du et al. 2017: src-dev.txt / tgt-dev.txt) or a JSONL file with "src" and "tgt" keys.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..model.heads import LMHead
+from .base import SpecialIds, Task
+from .decoding import GenerationConfig, Seq2SeqIds, generate
+from .metrics import generation_scores, meteor_unavailable
+
+
+@dataclass(frozen=True)
+class Seq2SeqExample:
+    source: str
+    target: str
+
+
+
+def _read_lines(path: str | Path, what: str) -> list[str]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; pass an existing file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8") from None
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise UserError(f"{what} {path} is empty; pass a file with one example per line")
+    return lines
+
+
+def read_pairs(source: str | Path, target: str | Path) -> list[Seq2SeqExample]:
+    """Examples from line-aligned source and target text files (line i of one pairs with line i of the other)."""
+    sources, targets = _read_lines(source, "source file"), _read_lines(target, "target file")
+    if len(sources) != len(targets):
+        raise UserError(f"{source} has {len(sources)} lines but {target} has {len(targets)}; "
+                        "source and target files must be line-aligned")
+    return [Seq2SeqExample(s.strip(), t.strip()) for s, t in zip(sources, targets)]
+
+
+def read_jsonl(path: str | Path, target_required: bool = True) -> list[Seq2SeqExample]:
+    """Examples from a JSONL file of {"src": ..., "tgt": ...} objects ("tgt" optional if not required)."""
+    examples = []
+    for n, line in enumerate(_read_lines(path, "JSONL file"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {n} is not JSON ({e}); write one JSON object per line") from None
+        keys = ("src", "tgt") if target_required else ("src",)
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
+            raise UserError(f"{path} line {n} needs the string key(s) {' and '.join(keys)}, "
+                            'e.g. {"src": "a sentence", "tgt": "a question ?"}')
+        examples.append(Seq2SeqExample(record["src"].strip(), str(record.get("tgt", "")).strip()))
+    return examples
+
+
+def read_split(files: Any) -> list[Seq2SeqExample]:
+    """A JSONL path, or a (source, target) pair of line-aligned text files."""
+    if isinstance(files, (tuple, list)):
+        return read_pairs(*files)
+    return read_jsonl(files)
+
+
+# ---- the training layout (pure functions) -----------------------------------------------------------
+
+def draw_target_mask(target_lengths: Tensor, width: int, prob: float, generator: torch.Generator) -> Tensor:
+    """(B, width) bool: each real target token (index < its row's length) is masked with `prob`."""
+    real = torch.arange(width)[None, :] < target_lengths.cpu()[:, None]                   # (B, T)
+    return (torch.rand(real.shape, generator=generator) < prob) & real
+
+
+def s2s_layout(source_lengths: Tensor, target_lengths: Tensor, S: int, T: int,
+               target_type: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """Position ids (B, L), token types (B, L) and the boolean "may attend" mask (B, L, L) of the
+    pseudo-mask layout [source (S) | target (T) | pseudo (T)], L = S + 2T, for rows whose real
+    source / target lengths are given (B,): see the module docstring. Padded slots see only themselves."""
+    device = source_lengths.device
+    index = torch.arange(S + 2 * T, device=device)
+    kind = (index >= S).long() + (index >= S + T).long()                                   # (L,) 0 src, 1 tgt, 2 pseudo
+    local = index - torch.where(kind == 0, 0, torch.where(kind == 1, S, S + T))            # (L,) index in its part
+    limit = torch.where(kind[None, :] == 0, source_lengths[:, None], target_lengths[:, None])
+    real = local[None, :] < limit                                                          # (B, L)
+    qk, kk = kind[:, None], kind[None, :]
+    qi, ki = local[:, None], local[None, :]
+    source_key = kk == 0
+    allowed = (((qk == 0) & source_key)
+               | ((qk == 1) & (source_key | ((kk == 1) & (ki <= qi))))
+               | ((qk == 2) & (source_key | ((kk == 1) & (ki < qi)) | ((kk == 2) & (ki == qi)))))   # (L, L)
+    mask = allowed[None] & real[:, :, None] & real[:, None, :]
+    mask = mask | (torch.eye(S + 2 * T, dtype=torch.bool, device=device)[None] & ~real[:, :, None])   # (B, L, L)
+    positions = torch.where(kind[None, :] == 0, local[None, :], source_lengths[:, None] + local[None, :])
+    types = (kind[None, :] > 0).long().expand_as(positions) * target_type
+    return positions, types, mask
+
+
+def s2s_inputs(source_ids: Tensor, target_ids: Tensor, target_lengths: Tensor, masked: Tensor,
+               mask_id: int, pad_id: int) -> Tensor:
+    """Input ids (B, S + 2T): the source, the target with `masked` (B, T) tokens replaced by [MASK],
+    and a [MASK] pseudo token per real target token (padding elsewhere)."""
+    T = target_ids.shape[1]
+    real = torch.arange(T, device=target_ids.device)[None, :] < target_lengths[:, None]    # (B, T)
+    true_stream = torch.where(masked, mask_id, target_ids)
+    pseudo = torch.where(real, mask_id, pad_id)
+    return torch.cat([source_ids, true_stream, pseudo], 1)
+
+
+class TiedLMHead(LMHead):
+    """`LMHead` (same state-dict keys) whose output projection is the encoder's word embedding table,
+    read through a callable so that the encoder is not a submodule (its weights are saved once)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, layer_norm_eps: float,
+                 embedding_weight: Callable[[], Tensor]) -> None:
+        super().__init__(hidden_size, vocab_size, layer_norm_eps)
+        self.embedding_weight = embedding_weight
+
+    def forward(self, hidden: Tensor) -> Tensor:  # type: ignore[override]
+        # hidden (N, D) -> logits (N, V)
+        return super().forward(hidden, self.embedding_weight())
+
+
+def tied_head(encoder: nn.Module) -> TiedLMHead:
+    cfg = encoder.config
+    return TiedLMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps, lambda: encoder.word_embeddings.weight)
+
+
+def decoder_ids(special: SpecialIds, encoder_config: Any) -> Seq2SeqIds:
+    """The ids generation feeds: target tokens get type 1 when the model has two token types."""
+    return Seq2SeqIds(mask=special.mask, sep=special.sep, target_type=1 if encoder_config.type_vocab_size >= 2 else 0)
+
+
+def featurize_sources(texts: list[str], tokenizer: Tokenizer, special: SpecialIds, max_source_length: int) -> list[list[int]]:
+    """[CLS] text [SEP] ids, the text cut to max_source_length - 2 tokens."""
+    tokenizer = _untruncated(tokenizer)
+    return [[special.cls, *e.ids[:max_source_length - 2], special.sep]
+            for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def _untruncated(tokenizer: Tokenizer) -> Tokenizer:
+    if tokenizer.truncation or tokenizer.padding:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+    return tokenizer
+
+
+def decode_texts(tokenizer: Tokenizer, outputs: list[list[int]]) -> list[str]:
+    """WordPiece ids -> text through the tokenizer's decoder (special tokens dropped)."""
+    return [" ".join(t.split()) for t in tokenizer.decode_batch(outputs, skip_special_tokens=True)]
+
+
+_METEOR_NOTED = False
+
+
+def _note_meteor() -> None:
+    global _METEOR_NOTED
+    reason = meteor_unavailable()
+    if reason and not _METEOR_NOTED:
+        print(f"note: {reason}", file=sys.stderr)
+        _METEOR_NOTED = True
+
+
+class Seq2SeqTask(Task):
+    """Source -> target generation (question generation, summarization) fine-tuned with pseudo masks."""
+
+    name: ClassVar[str] = "seq2seq"
+    metric: ClassVar[str] = "rougeL"   # smoother than BLEU-4 for choosing the best evaluation; both are reported
+    pretrained_head: ClassVar[str | None] = "lm"
+
+    def __init__(self, train: Any = None, dev: Any = None, *, target_mask_prob: float = 0.7,
+                 max_source_length: int = 0, max_target_length: int = 48,
+                 generation: GenerationConfig | None = None, max_eval_examples: int = 0) -> None:
+        """`train` / `dev`: a JSONL file or a (source, target) pair of text files; `max_source_length`:
+        tokens of [CLS] source [SEP] (0: the fine-tuning max_length minus `max_target_length`);
+        `max_target_length`: tokens of target [SEP]; `generation`: the dev split's decoding;
+        `max_eval_examples`: decode only the first N dev examples (0: all)."""
+        if not 0 < target_mask_prob <= 1:
+            raise UserError(f"target_mask_prob must be in (0, 1], not {target_mask_prob}")
+        if max_target_length < 2 or max_source_length < 0 or max_eval_examples < 0:
+            raise UserError("max_target_length must be >= 2; max_source_length and max_eval_examples >= 0")
+        if max_source_length and max_source_length < 3:
+            raise UserError("max_source_length must be >= 3 ([CLS], a token, [SEP])")
+        self.files = {"train": train, "dev": dev}
+        self.target_mask_prob = target_mask_prob
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+        self.generation = generation or GenerationConfig()
+        self.max_eval_examples = max_eval_examples
+        self._cache: dict[str, list[Seq2SeqExample]] = {}
+        self._rng = torch.Generator().manual_seed(0)
+        self._tokenizer: Tokenizer | None = None
+        self._special: SpecialIds | None = None
+
+    # ---- data ----
+
+    def examples(self, split: str) -> list[Seq2SeqExample]:
+        if self.files.get(split) is None:
+            raise UserError(f"no seq2seq {split} data was given; pass a JSONL file or source and target files")
+        if split not in self._cache:
+            examples = read_split(self.files[split])
+            if split != "train" and self.max_eval_examples:
+                examples = examples[:self.max_eval_examples]
+            self._cache[split] = examples
+        return self._cache[split]
+
+    def source_budget(self, max_length: int) -> int:
+        budget = self.max_source_length or max_length - self.max_target_length
+        if budget < 3:
+            raise UserError(f"max_length {max_length} leaves {budget} source tokens after the {self.max_target_length}"
+                            "-token target; raise --max-length or lower --max-target-length")
+        return budget
+
+    def featurize(self, examples: list[Seq2SeqExample], tokenizer: Tokenizer, special: SpecialIds,
+                  max_length: int) -> list[dict[str, Any]]:
+        """"input_ids" = [CLS] source [SEP] (cut to the source budget), "target_ids" = target [SEP]
+        (cut to max_target_length, padded to it), "target_length". Keeps the tokenizer for decoding."""
+        self._tokenizer, self._special = tokenizer, special
+        self.max_source_length = self.source_budget(max_length)
+        sources = featurize_sources([e.source for e in examples], tokenizer, special, self.max_source_length)
+        targets = _untruncated(tokenizer).encode_batch([e.target for e in examples], add_special_tokens=False)
+        features = []
+        for i, (source, target) in enumerate(zip(sources, targets)):
+            ids = [*target.ids[:self.max_target_length - 1], special.sep]
+            features.append({"input_ids": source, "example": i, "target_length": len(ids),
+                             "target_ids": ids + [special.pad] * (self.max_target_length - len(ids))})
+        return features
+
+    def _featurized(self) -> tuple[Tokenizer, SpecialIds]:
+        if self._tokenizer is None or self._special is None:
+            raise RuntimeError("featurize the data first (the task keeps the tokenizer and special ids)")
+        return self._tokenizer, self._special
+
+    def options(self) -> dict[str, Any]:
+        return {"target_mask_prob": self.target_mask_prob, "max_source_length": self.max_source_length,
+                "max_target_length": self.max_target_length, "generation": asdict(self.generation)}
+
+    # ---- model ----
+
+    def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
+        """The tied LM head (no dropout, as BERT's). Also seeds the target-masking generator from
+        torch's seed, which the fine-tuning loop has just set to the run's seed."""
+        cfg = encoder.config
+        if cfg.absolute_positions and self.max_source_length + self.max_target_length > cfg.max_positions:
+            raise UserError(f"source ({self.max_source_length}) plus target ({self.max_target_length}) tokens exceed "
+                            f"the model's {cfg.max_positions} positions; lower --max-source-length or --max-target-length")
+        self._rng = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        return tied_head(encoder)
+
+    def encode(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Hidden states (B, S + 2T, D) of the pseudo-mask layout; adds the drawn "_masked" (B, T)
+        and "_target_ids" (B, T) to `batch` for `loss`. Training draws from the task's generator;
+        evaluation uses a fixed one (no training randomness is consumed)."""
+        source, device = batch["input_ids"], batch["input_ids"].device
+        source_lengths = batch["attention_mask"].sum(1)                                     # (B,)
+        target_lengths = batch["target_length"]                                              # (B,)
+        T = int(target_lengths.max())
+        target = batch["target_ids"][:, :T]                                                  # (B, T)
+        generator = self._rng if encoder.training else torch.Generator().manual_seed(0)
+        masked = draw_target_mask(target_lengths, T, self.target_mask_prob, generator).to(device)
+        special = self._featurized()[1]
+        input_ids = s2s_inputs(source, target, target_lengths, masked, special.mask, special.pad)
+        target_type = 1 if encoder.config.type_vocab_size >= 2 else 0
+        positions, types, mask = s2s_layout(source_lengths, target_lengths, source.shape[1], T, target_type)
+        batch["_masked"], batch["_target_ids"] = masked, target
+        return encoder(input_ids, position_ids=positions, token_type_ids=types, attention_mask=mask)
+
+    def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Summed cross-entropy at the pseudo tokens of the masked targets, and their number."""
+        masked, target = batch["_masked"], batch["_target_ids"]                              # (B, T)
+        predicted = hidden[:, -masked.shape[1]:][masked]                                     # (N, D) pseudo states
+        logits = head(predicted).float()                                                     # (N, V)
+        return F.cross_entropy(logits, target[masked], reduction="sum"), masked.sum()
+
+    def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Teacher-forced argmax at every pseudo token (B, T); evaluation generates instead."""
+        T = batch["_masked"].shape[1]
+        return head(hidden[:, -T:]).argmax(-1)
+
+    # ---- evaluation ----
+
+    def generate(self, encoder: nn.Module, head: nn.Module, sources: list[list[int]], batch_size: int,
+                 device: torch.device) -> list[list[int]]:
+        special = self._featurized()[1]
+        max_length = self.generation.max_length or self.max_target_length - 1
+        return generate(encoder, head, sources, decoder_ids(special, encoder.config), self.generation, max_length,
+                        batch_size=batch_size, pad_id=special.pad, device=device,
+                        banned=(special.pad, special.cls, special.mask))
+
+    def score(self, examples: list[Seq2SeqExample], features: list[dict[str, Any]],
+              outputs: list[str]) -> dict[str, float]:
+        """BLEU-4, ROUGE-L (and METEOR when available) of the generated texts, in feature order."""
+        return generation_scores([examples[f["example"]].target for f in features], outputs)
+
+    @torch.no_grad()
+    def evaluate(self, encoder: nn.Module, head: nn.Module, examples: list[Seq2SeqExample],
+                 features: list[dict[str, Any]], pad_id: int, batch_size: int, autocast: Callable,
+                 device: torch.device) -> dict[str, float]:
+        """Beam-search every source (`self.generation`), decode to text, score against the targets."""
+        tokenizer = self._featurized()[0]
+        was_training = encoder.training
+        encoder.eval(), head.eval()
+        with autocast():
+            outputs = self.generate(encoder, head, [f["input_ids"] for f in features], batch_size, device)
+        encoder.train(was_training), head.train(was_training)
+        _note_meteor()
+        return self.score(examples, features, decode_texts(tokenizer, outputs))
