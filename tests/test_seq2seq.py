@@ -24,7 +24,7 @@ from unimask.tasks import metrics
 from unimask.tasks.base import SpecialIds, collate
 from unimask.tasks.decoding import (CachedDecoder, GenerationConfig, RecomputingDecoder, Seq2SeqIds, _blocked,
                                     beam_search, generate)
-from unimask.tasks.seq2seq import (Seq2SeqExample, Seq2SeqTask, draw_target_mask, read_jsonl, read_pairs,
+from unimask.tasks.seq2seq import (Seq2SeqExample, Seq2SeqTask, corrupt_targets, read_jsonl, read_pairs,
                                    s2s_inputs, s2s_layout, tied_head)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -103,17 +103,28 @@ def test_layout_matches_the_rules():
     ids = s2s_inputs(torch.full((3, S), 5), target, lt, masked, MASK, PAD)
     assert ids[1, S:].tolist() == [7, MASK, MASK, 10, MASK, MASK, MASK, MASK]
     assert ids[2, S:].tolist() == [7, 0, 0, 0, MASK, PAD, PAD, PAD]
+    substitute = torch.tensor([[7, 3, 9, 9], [MASK, 8, 2, MASK], [MASK] * 4])   # per-token substitutes
+    ids = s2s_inputs(torch.full((3, S), 5), target, lt, masked, substitute, PAD)
+    assert ids[0, S:].tolist() == [7, 8, 0, 0, 7, 3, PAD, PAD]
+    assert ids[1, S:].tolist() == [7, 8, 2, 10, MASK, 8, 2, MASK]
 
 
-def test_target_masking_ratio_and_padding():
+def test_target_corruption_follows_s2s_ft():
+    """s2s-ft "v2": every target's substitute is itself 10% / random 10% / [MASK] 80%; with
+    target_mask_prob it also replaces the target in the true stream; padding is never touched."""
     lengths = torch.randint(1, 30, (400,), generator=torch.Generator().manual_seed(0))
+    target = torch.randint(10, 1000, (400, 30), generator=torch.Generator().manual_seed(3))
+    real = torch.arange(30)[None] < lengths[:, None]
+    n = real.sum().item()
     for prob in (0.4, 0.7):
-        masked = draw_target_mask(lengths, 30, prob, torch.Generator().manual_seed(1))
-        real = torch.arange(30)[None] < lengths[:, None]
-        assert not (masked & ~real).any()
-        assert abs(masked.sum().item() / real.sum().item() - prob) < 0.02
-    a = draw_target_mask(lengths, 30, 0.5, torch.Generator().manual_seed(2))
-    assert torch.equal(a, draw_target_mask(lengths, 30, 0.5, torch.Generator().manual_seed(2)))
+        replaced, sub = corrupt_targets(target, lengths, prob, 0.1, 0.1, MASK, 1000, torch.Generator().manual_seed(1))
+        assert not (replaced & ~real).any()
+        assert abs(replaced.sum().item() / n - prob) < 0.02
+        assert abs((sub == MASK)[real].float().mean().item() - 0.8) < 0.02
+        assert abs((sub == target)[real].float().mean().item() - 0.1) < 0.02
+    a = corrupt_targets(target, lengths, 0.5, 0.1, 0.1, MASK, 1000, torch.Generator().manual_seed(2))
+    b = corrupt_targets(target, lengths, 0.5, 0.1, 0.1, MASK, 1000, torch.Generator().manual_seed(2))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def _task_batch(n: int = 6, seed: int = 0, **kw):
@@ -135,33 +146,34 @@ def test_features_cut_source_and_target_and_add_specials():
     assert task.options()["max_target_length"] == 4
 
 
-def test_loss_is_read_exactly_at_the_pseudo_tokens_of_masked_targets():
+def test_loss_is_read_exactly_at_the_pseudo_tokens_of_all_targets():
     enc, head = tiny_model()
     enc.train()
     task, batch, _ = _task_batch()
     task.head(enc, 0.0)
     hidden = task.encode(enc, batch).detach().requires_grad_(True)   # (B, S + 2T, D)
-    masked, target = batch["_masked"], batch["_target_ids"]
-    B, T = masked.shape
+    replaced, predicted, target = batch["_replaced"], batch["_predicted"], batch["_target_ids"]
+    B, T = predicted.shape
     S = batch["input_ids"].shape[1]
     assert hidden.shape[1] == S + 2 * T
     lt = batch["target_length"]
     real = torch.arange(T)[None] < lt[:, None]
-    assert masked.any() and not (masked & ~real).any()
+    assert torch.equal(predicted, real) and replaced.any() and not (replaced & ~real).any()
     loss, count = task.loss(head, hidden, batch)
-    assert count == masked.sum()
+    assert count == real.sum()
     loss.backward()
     touched = hidden.grad.abs().sum(-1) > 0                          # (B, L) positions the loss read
     expected = torch.zeros_like(touched)
-    expected[:, S + T:] = masked
+    expected[:, S + T:] = real
     assert torch.equal(touched, expected)
     # the value: summed cross-entropy of the head at those positions
     manual = sum(F.cross_entropy(head(hidden[b, S + T + i][None]), target[b, i][None], reduction="sum")
-                 for b, i in masked.nonzero().tolist())
+                 for b, i in real.nonzero().tolist())
     torch.testing.assert_close(loss, manual)
-    # the true-token stream carries [MASK] exactly where targets are masked
-    ids = s2s_inputs(batch["input_ids"], target, lt, masked, MASK, PAD)
-    assert torch.equal(ids[:, S:S + T] == MASK, masked)
+    # evaluation feeds the clean targets and [MASK] pseudo tokens
+    enc.eval()
+    task.encode(enc, batch)
+    assert not batch["_replaced"].any()
 
 
 def test_training_masks_are_seeded_and_evaluation_is_fixed():
@@ -174,7 +186,7 @@ def test_training_masks_are_seeded_and_evaluation_is_fixed():
     for _ in range(2):
         b = dict(batch)
         task.encode(enc, b)
-        draws.append(b["_masked"])
+        draws.append(b["_replaced"])
     assert not torch.equal(draws[0], draws[1])                        # a fresh draw per step
     torch.manual_seed(5)
     task.head(enc, 0.0)                                               # same seed -> same sequence of masks
@@ -182,13 +194,13 @@ def test_training_masks_are_seeded_and_evaluation_is_fixed():
     for _ in range(2):
         b = dict(batch)
         task.encode(enc, b)
-        again.append(b["_masked"])
+        again.append(b["_replaced"])
     assert all(torch.equal(a, b) for a, b in zip(draws, again))
     enc.eval()
     state = task._rng.get_state()
     e1, e2 = dict(batch), dict(batch)
     task.encode(enc, e1), task.encode(enc, e2)
-    assert torch.equal(e1["_masked"], e2["_masked"]) and torch.equal(task._rng.get_state(), state)
+    assert torch.equal(e1["_replaced"], e2["_replaced"]) and torch.equal(task._rng.get_state(), state)
 
 
 def test_every_parameter_gets_a_gradient():
@@ -399,7 +411,9 @@ def test_readers_and_their_errors(tmp_path: Path):
         with pytest.raises(UserError, match=message):
             (read_pairs(*args) if len(args) == 2 else read_jsonl(*args))
     with pytest.raises(UserError, match="target_mask_prob"):
-        Seq2SeqTask(target_mask_prob=0.0)
+        Seq2SeqTask(target_mask_prob=1.5)
+    with pytest.raises(UserError, match="pseudo_keep_prob"):
+        Seq2SeqTask(pseudo_keep_prob=0.6, pseudo_random_prob=0.6)
     with pytest.raises(UserError, match="no seq2seq dev"):
         Seq2SeqTask(train=tmp_path / "d.jsonl").examples("dev")
     with pytest.raises(UserError, match="source tokens"):

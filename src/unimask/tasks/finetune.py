@@ -368,6 +368,7 @@ def _seq2seq(args: argparse.Namespace) -> Task:
                                   blocked_ngram_size=args.no_repeat_ngram, min_length=args.min_length,
                                   max_length=args.max_gen_length)
     return Seq2SeqTask(split("train"), split("dev"), target_mask_prob=args.target_mask_prob,
+                       pseudo_keep_prob=args.pseudo_keep_prob, pseudo_random_prob=args.pseudo_random_prob,
                        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
                        generation=generation, max_eval_examples=args.max_eval_examples)
 
@@ -423,7 +424,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--train-tgt", metavar="FILE", help="training targets, line-aligned with --train-src")
     s.add_argument("--dev-src", metavar="FILE", help="evaluation sources, one per line")
     s.add_argument("--dev-tgt", metavar="FILE", help="evaluation references, line-aligned with --dev-src")
-    s.add_argument("--target-mask-prob", type=float, default=0.7, help="probability of masking a target token")
+    s.add_argument("--target-mask-prob", type=float, default=0.7,
+                   help="probability that a target token is replaced in the true-token stream (s2s-ft: 0.4-0.8)")
+    s.add_argument("--pseudo-keep-prob", type=float, default=0.1,
+                   help="a target's substitute (its pseudo token, and its true-stream slot when replaced) is itself")
+    s.add_argument("--pseudo-random-prob", type=float, default=0.1,
+                   help="... or a random token; else [MASK]")
     s.add_argument("--max-source-length", type=int, default=0,
                    help="tokens of [CLS] source [SEP] (default: --max-length minus --max-target-length)")
     s.add_argument("--max-target-length", type=int, default=48, help="tokens of target [SEP]")

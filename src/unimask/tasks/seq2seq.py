@@ -13,13 +13,14 @@ context:
                y_i     -> source, y_1 .. y_i
                pseudo_i-> source, y_1 .. y_(i-1), itself
 
-During training each target token of the true-token stream is replaced by [MASK] with probability
-`target_mask_prob` (0.4-0.8 in UniLM's recipes, 0.7 by default), and the loss is the cross-entropy of
-the tied LM head at the pseudo tokens of the replaced targets (UniLM's masked target tokens, read
-through pseudo masks). Padded slots attend only to themselves and are never predicted. (The s2s-ft
-code itself keeps the true stream clean and instead corrupts the pseudo stream, 80% [MASK] / 10%
-random / 10% the target itself, with the loss at every target; the recipe here is the one of
-DESIGN.md section 4.) Evaluation
+Training corrupts the targets as the s2s-ft code's pseudo-masking recipe ("mask_way v2" of
+unilm/s2s-ft/s2s_ft/utils.py) does: each target token draws a substitute (itself with
+`pseudo_keep_prob`, a random token with `pseudo_random_prob`, else [MASK]) that fills its pseudo
+token, and with probability `target_mask_prob` (0.4-0.8; 0.7 by default) the same substitute also
+replaces it in the true-token stream, so the model learns to continue from a noisy prefix. The loss
+is the cross-entropy of the tied LM head at the pseudo token of every target token. At evaluation
+and generation every pseudo token is [MASK] and the true stream is clean. Padded slots attend only
+to themselves and are never predicted. Evaluation
 generates from every source with beam search (tasks/decoding.py) and scores with BLEU-4, ROUGE-L and
 METEOR when available (tasks/metrics.py).
 
@@ -104,10 +105,22 @@ def read_split(files: Any) -> list[Seq2SeqExample]:
 
 # ---- the training layout (pure functions) -----------------------------------------------------------
 
-def draw_target_mask(target_lengths: Tensor, width: int, prob: float, generator: torch.Generator) -> Tensor:
-    """(B, width) bool: each real target token (index < its row's length) is masked with `prob`."""
-    real = torch.arange(width)[None, :] < target_lengths.cpu()[:, None]                   # (B, T)
-    return (torch.rand(real.shape, generator=generator) < prob) & real
+def corrupt_targets(target_ids: Tensor, target_lengths: Tensor, prob: float, keep_prob: float, random_prob: float,
+                    mask_id: int, vocab_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """s2s-ft's target corruption: ((B, T) bool "replaced in the true stream", (B, T) substitute ids).
+
+    Each real target token's substitute is itself with `keep_prob`, a uniform random token with
+    `random_prob`, else [MASK]; it fills the token's pseudo slot, and with probability `prob` also
+    its slot in the true-token stream. Draws happen on the CPU from `generator` (reproducible)."""
+    B, T = target_ids.shape
+    real = torch.arange(T)[None, :] < target_lengths.cpu()[:, None]                       # (B, T)
+    kind = torch.rand((B, T), generator=generator)                                         # keep | random | mask
+    random_ids = torch.randint(vocab_size, (B, T), generator=generator)
+    replaced = (torch.rand((B, T), generator=generator) < prob) & real
+    target = target_ids.cpu()
+    substitute = torch.where(kind < keep_prob, target,
+                             torch.where(kind < keep_prob + random_prob, random_ids, torch.full_like(target, mask_id)))
+    return replaced.to(target_ids.device), substitute.to(target_ids.device)
 
 
 def s2s_layout(source_lengths: Tensor, target_lengths: Tensor, S: int, T: int,
@@ -134,14 +147,16 @@ def s2s_layout(source_lengths: Tensor, target_lengths: Tensor, S: int, T: int,
     return positions, types, mask
 
 
-def s2s_inputs(source_ids: Tensor, target_ids: Tensor, target_lengths: Tensor, masked: Tensor,
-               mask_id: int, pad_id: int) -> Tensor:
-    """Input ids (B, S + 2T): the source, the target with `masked` (B, T) tokens replaced by [MASK],
-    and a [MASK] pseudo token per real target token (padding elsewhere)."""
+def s2s_inputs(source_ids: Tensor, target_ids: Tensor, target_lengths: Tensor, replaced: Tensor,
+               substitute: Tensor | int, pad_id: int) -> Tensor:
+    """Input ids (B, S + 2T): the source; the target with its `replaced` (B, T) tokens swapped for
+    their `substitute` (B, T) ids; a pseudo token per real target token holding its substitute (an
+    int: the same id everywhere, [MASK] at inference); padding elsewhere."""
     T = target_ids.shape[1]
     real = torch.arange(T, device=target_ids.device)[None, :] < target_lengths[:, None]    # (B, T)
-    true_stream = torch.where(masked, mask_id, target_ids)
-    pseudo = torch.where(real, mask_id, pad_id)
+    substitute = torch.as_tensor(substitute, device=target_ids.device).expand_as(target_ids)
+    true_stream = torch.where(replaced, substitute, target_ids)
+    pseudo = torch.where(real, substitute, pad_id)
     return torch.cat([source_ids, true_stream, pseudo], 1)
 
 
@@ -208,14 +223,19 @@ class Seq2SeqTask(Task):
     pretrained_head: ClassVar[str | None] = "lm"
 
     def __init__(self, train: Any = None, dev: Any = None, *, target_mask_prob: float = 0.7,
+                 pseudo_keep_prob: float = 0.1, pseudo_random_prob: float = 0.1,
                  max_source_length: int = 0, max_target_length: int = 48,
                  generation: GenerationConfig | None = None, max_eval_examples: int = 0) -> None:
         """`train` / `dev`: a JSONL file or a (source, target) pair of text files; `max_source_length`:
         tokens of [CLS] source [SEP] (0: the fine-tuning max_length minus `max_target_length`);
         `max_target_length`: tokens of target [SEP]; `generation`: the dev split's decoding;
-        `max_eval_examples`: decode only the first N dev examples (0: all)."""
-        if not 0 < target_mask_prob <= 1:
-            raise UserError(f"target_mask_prob must be in (0, 1], not {target_mask_prob}")
+        `max_eval_examples`: decode only the first N dev examples (0: all); `target_mask_prob`,
+        `pseudo_keep_prob`, `pseudo_random_prob`: the target corruption (module docstring)."""
+        if not 0 <= target_mask_prob <= 1:
+            raise UserError(f"target_mask_prob must be in [0, 1], not {target_mask_prob}")
+        if min(pseudo_keep_prob, pseudo_random_prob) < 0 or pseudo_keep_prob + pseudo_random_prob > 1:
+            raise UserError("pseudo_keep_prob and pseudo_random_prob must be >= 0 and sum to at most 1")
+        self.pseudo_keep_prob, self.pseudo_random_prob = pseudo_keep_prob, pseudo_random_prob
         if max_target_length < 2 or max_source_length < 0 or max_eval_examples < 0:
             raise UserError("max_target_length must be >= 2; max_source_length and max_eval_examples >= 0")
         if max_source_length and max_source_length < 3:
@@ -270,7 +290,8 @@ class Seq2SeqTask(Task):
         return self._tokenizer, self._special
 
     def options(self) -> dict[str, Any]:
-        return {"target_mask_prob": self.target_mask_prob, "max_source_length": self.max_source_length,
+        return {"target_mask_prob": self.target_mask_prob, "pseudo_keep_prob": self.pseudo_keep_prob,
+                "pseudo_random_prob": self.pseudo_random_prob, "max_source_length": self.max_source_length,
                 "max_target_length": self.max_target_length, "generation": asdict(self.generation)}
 
     # ---- model ----
@@ -286,33 +307,39 @@ class Seq2SeqTask(Task):
         return tied_head(encoder)
 
     def encode(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Hidden states (B, S + 2T, D) of the pseudo-mask layout; adds the drawn "_masked" (B, T)
-        and "_target_ids" (B, T) to `batch` for `loss`. Training draws from the task's generator;
-        evaluation uses a fixed one (no training randomness is consumed)."""
+        """Hidden states (B, S + 2T, D) of the pseudo-mask layout; adds "_replaced" (B, T), the
+        corrupted true-stream slots, "_predicted" (B, T), the real targets, and "_target_ids" (B, T)
+        to `batch` for `loss`. Training corrupts with the task's generator; evaluation feeds the
+        clean targets and [MASK] pseudo tokens, as generation does (no training randomness used)."""
         source, device = batch["input_ids"], batch["input_ids"].device
         source_lengths = batch["attention_mask"].sum(1)                                     # (B,)
         target_lengths = batch["target_length"]                                              # (B,)
         T = int(target_lengths.max())
         target = batch["target_ids"][:, :T]                                                  # (B, T)
-        generator = self._rng if encoder.training else torch.Generator().manual_seed(0)
-        masked = draw_target_mask(target_lengths, T, self.target_mask_prob, generator).to(device)
         special = self._featurized()[1]
-        input_ids = s2s_inputs(source, target, target_lengths, masked, special.mask, special.pad)
+        if encoder.training:
+            replaced, substitute = corrupt_targets(target, target_lengths, self.target_mask_prob, self.pseudo_keep_prob,
+                                                   self.pseudo_random_prob, special.mask, encoder.config.vocab_size,
+                                                   self._rng)
+        else:
+            replaced, substitute = torch.zeros_like(target, dtype=torch.bool), special.mask
+        input_ids = s2s_inputs(source, target, target_lengths, replaced, substitute, special.pad)
         target_type = 1 if encoder.config.type_vocab_size >= 2 else 0
         positions, types, mask = s2s_layout(source_lengths, target_lengths, source.shape[1], T, target_type)
-        batch["_masked"], batch["_target_ids"] = masked, target
+        batch["_replaced"], batch["_target_ids"] = replaced, target
+        batch["_predicted"] = torch.arange(T, device=device)[None, :] < target_lengths[:, None]
         return encoder(input_ids, position_ids=positions, token_type_ids=types, attention_mask=mask)
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Summed cross-entropy at the pseudo tokens of the masked targets, and their number."""
-        masked, target = batch["_masked"], batch["_target_ids"]                              # (B, T)
-        predicted = hidden[:, -masked.shape[1]:][masked]                                     # (N, D) pseudo states
-        logits = head(predicted).float()                                                     # (N, V)
-        return F.cross_entropy(logits, target[masked], reduction="sum"), masked.sum()
+        """Summed cross-entropy at the pseudo token of every real target token, and their number."""
+        predicted, target = batch["_predicted"], batch["_target_ids"]                        # (B, T)
+        states = hidden[:, -predicted.shape[1]:][predicted]                                  # (N, D) pseudo states
+        logits = head(states).float()                                                        # (N, V)
+        return F.cross_entropy(logits, target[predicted], reduction="sum"), predicted.sum()
 
     def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Teacher-forced argmax at every pseudo token (B, T); evaluation generates instead."""
-        T = batch["_masked"].shape[1]
+        T = batch["_predicted"].shape[1]
         return head(hidden[:, -T:]).argmax(-1)
 
     # ---- evaluation ----
