@@ -190,7 +190,8 @@ def test_clm_and_copy_losses_equal_a_full_vocabulary_reference(monkeypatch):
     real = batch.attention_mask
     bce = F.binary_cross_entropy_with_logits(copy[real], original[real].float(), reduction="sum")
     torch.testing.assert_close(parts["copy"], bce)
-    assert means(m)["replaced_frac"] == pytest.approx(0.5, abs=0.1)
+    assert means(m)["sampled_acc"] == pytest.approx(0.5, abs=0.1)
+    assert means(m)["replaced_frac"] == pytest.approx((~original[real]).float().mean().item())
 
 
 def test_replacements_come_from_a_separate_no_dropout_pass(monkeypatch):
@@ -221,7 +222,7 @@ def test_every_parameter_gets_a_gradient_with_all_parts_on():
     out.loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing, missing
-    assert {"gen_acc", "replaced_frac", "copy_acc", "clm_acc", "gen_loss", "copy_loss", "clm_loss",
+    assert {"gen_acc", "sampled_acc", "replaced_frac", "copy_acc", "clm_acc", "gen_loss", "copy_loss", "clm_loss",
             "scl_loss", "scl_acc"} <= out.metrics.keys()
 
 

@@ -336,7 +336,7 @@ class CocoLM(Objective):
         original = torch.zeros_like(selected).masked_scatter(selected, sampled == targets)  # (B, T) at masked
         original |= ~selected                                                               # unmasked: original
         metrics["gen_acc"] = ratio((gen_predicted == targets).sum(), n)
-        metrics["replaced_frac"] = ratio((sampled != targets).sum(), n)
+        metrics["sampled_acc"] = ratio((sampled == targets).sum(), n)                      # as ELECTRA's
 
         # 2. main model on the corrupted sequence
         hidden = encoder(replaced_ids, position_ids=batch.position_ids, token_type_ids=batch.token_type_ids,
@@ -353,6 +353,7 @@ class CocoLM(Objective):
             parts["copy"] = copy_sum
             parts["copy_scale"] = n / n_real.clamp(min=1)                                  # n / R
             metrics["copy_loss"] = ratio(copy_sum, n_real)
+            metrics["replaced_frac"] = ratio((~original).logical_and(real).sum(), n_real)  # as ELECTRA's
             metrics["copy_acc"] = ratio(((copy_logits > 0) == original).logical_and(real).sum(), n_real)
 
         # 3. corrective LM at the masked positions, tied projection + own bias (official CLMHead)
