@@ -111,3 +111,14 @@ def test_bench_set_configures_the_objective(capsys):
     assert cli.main([*args, "--set", "objective.decoder_layer=2"]) == 2
     assert "did you mean objective.decoder_layers" in capsys.readouterr().err
     assert cli.main([*args, "--set", "train.lr=1"]) == 2
+
+
+def test_bench_against_prints_both_engines_and_a_ratio(capsys):
+    assert cli.main(["bench", "--objective", "pmlm", "--against", "mlm", "--size", "tiny", "--vocab", "1000",
+                     "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "0", "--dtype", "fp32",
+                     "--device", "cpu", "--set", "model.relative_buckets=8"]) == 0
+    first, second, ratio = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert (first["objective"], second["objective"]) == ("pmlm", "mlm") and first["steps"] == second["steps"] == 2
+    assert first["train_flops_per_token"] > second["train_flops_per_token"]   # PMLM's appended tokens
+    assert ratio["ratio"] == "pmlm step / mlm step" and ratio["paired"] > 0
+    assert abs(ratio["step_ms_median"] - first["step_ms_median"] / second["step_ms_median"]) < 0.01

@@ -369,6 +369,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model as train.compile=true does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a model.* or objective.* field, e.g. --set objective.decoder_layers=2")
+    p.add_argument("--against", choices=sorted(OBJECTIVES), default=None,
+                   help="also time this objective (same encoder, model.* overrides) interleaved with the first "
+                        "and print a step-cost ratio line, e.g. --objective pmlm --against mlm")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -392,17 +395,32 @@ def run(args: argparse.Namespace) -> int:
     measure_peak_tflops(DTYPES[args.dtype], info.device)
     engine = build_engine(args.objective, args.size, args.batch, args.seq, args.warmup + args.steps,
                           args.dtype, args.vocab, info, args.seed, args.compile, tuple(args.overrides))
-    rounds = run_interleaved([engine], args.warmup, args.steps, block=1 if args.quiet_wait > 0 else args.steps,
+    engines = [engine]
+    if args.against:
+        model_only = tuple(o for o in args.overrides if o.startswith("model."))
+        engines.append(build_engine(args.against, args.size, args.batch, args.seq, args.warmup + args.steps,
+                                    args.dtype, args.vocab, info, args.seed, args.compile, model_only))
+        engines[1].name = f"unimask-{args.against}"
+    rounds = run_interleaved(engines, args.warmup, args.steps, block=1 if args.quiet_wait > 0 or args.against else args.steps,
                              quiet_wait=args.quiet_wait)
     rss = peak_rss_mb()                      # before the peak GEMMs allocate their operands
     wait_until_quiet(args.quiet_wait)
     peak = measure_peak_tflops(DTYPES[args.dtype], info.device)
-    rec = engine.report(args.dtype, peak, rss)
-    del rec["engine"]
-    if args.keep_freed_memory:
-        rec["keep_freed_memory"] = kept
-    if args.quiet_wait > 0:
-        rec["quiet_steps"] = rounds["quiet_rounds"]
     extra = {"overrides": args.overrides} if args.overrides else {}
-    print(json.dumps({"objective": args.objective, "size": args.size, **extra, **rec}), flush=True)
+    for e, name in zip(engines, [args.objective, args.against]):
+        rec = e.report(args.dtype, peak, rss)
+        del rec["engine"]
+        if args.keep_freed_memory:
+            rec["keep_freed_memory"] = kept
+        if args.quiet_wait > 0:
+            rec["quiet_steps"] = rounds["quiet_rounds"]
+        print(json.dumps({"objective": name, "size": args.size, **(extra if e is engine else {}), **rec}), flush=True)
+    if args.against:
+        mine, base = engines[0].times, engines[1].times
+        print(json.dumps({"ratio": f"{args.objective} step / {args.against} step", "size": args.size,
+                          "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
+                          "step_ms_median": round(statistics.median(mine) / statistics.median(base), 3),
+                          "paired": round(statistics.median(a / b for a, b in zip(mine, base)), 3),
+                          "cpu_ms_median": round(statistics.median(engines[0].cpu_times)
+                                                 / statistics.median(engines[1].cpu_times), 3)}), flush=True)
     return 0
