@@ -254,3 +254,15 @@ def test_squad_end_to_end_on_xquad_split_by_article(checkpoint: Path, tmp_path: 
     assert set(dev) >= {"exact", "f1"} and 0 <= dev["exact"]["median"] <= dev["f1"]["median"] <= 100
     assert results["metric"] == "f1" and (tmp_path / "ft" / "best" / "model.safetensors").is_file()
     assert "squad dev (1 runs): exact median" in capsys.readouterr().out
+
+
+def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """A few steps on the real SST-2 files; the whole dev set is scored."""
+    assert main(["finetune", "--checkpoint", str(checkpoint), "--task", "sst2", "--data", str(shared_data("glue", "SST-2")),
+                 "--max-train-examples", "64", "--epochs", "1", "--batch-size", "16", "--max-length", "64",
+                 "--precision", "fp32", "--quiet", "--out", str(tmp_path / "sst2")]) == 0
+    results = json.loads((tmp_path / "sst2" / "results.json").read_text())
+    [run] = results["runs"]
+    assert results["train_examples"] == 64 and [h["step"] for h in run["history"]] == [4]
+    assert 0 < results["summary"]["dev"]["accuracy"]["median"] < 100
+    assert "sst2 dev (1 runs): accuracy median" in capsys.readouterr().out
