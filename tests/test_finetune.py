@@ -188,8 +188,15 @@ def test_random_init_and_hf_directory(checkpoint: Path, tmp_path: Path) -> None:
     assert from_hf.config == pre.config
     assert from_hf.tokenizer.get_vocab() == pre.tokenizer.get_vocab()
     assert all(torch.equal(v, from_hf.state[k]) for k, v in pre.state.items())
+    # the MLM checkpoint's tied LM head is there for generation tasks (pretrained_head = "lm")
+    from safetensors.torch import load_file
+    from unimask.export.hf import find_checkpoint
+    saved = load_file(str(find_checkpoint(checkpoint) / "model.safetensors"))
+    assert pre.heads["lm"].keys() == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
+    assert all(torch.equal(v, saved[f"objective.head.{k}"]) for k, v in pre.heads["lm"].items())
+    assert from_hf.heads == {}
     random = load_pretrained(checkpoint, random_init=True)
-    assert random.state is None and random.name.endswith("(random init)")
+    assert random.state is None and random.name.endswith("(random init)") and random.heads == {}
     a, b = random.build(3).state_dict(), random.build(3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layers.0.attn.query.weight"], pre.state["layers.0.attn.query.weight"])

@@ -303,10 +303,9 @@ class Encoder(BlockStack):
         if past is not None and past_position_ids is None:
             raise ValueError("pass past_position_ids with past (the relative bias and positions need them)")
         if position_ids is None:
-            n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            start = 0 if past is None else past_position_ids.shape[1]
             ref = input_ids if input_ids is not None else inputs_embeds
-            position_ids = (start + torch.arange(n, device=ref.device)).expand(ref.shape[0], n)
+            start = 0 if past is None else past_position_ids.shape[1]
+            position_ids = (start + torch.arange(ref.shape[1], device=ref.device)).expand(ref.shape[0], -1)
         x, position_ids = self.embed(input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
                                      token_type_ids=token_type_ids)
         return super().step(x, position_ids, attention_mask, past, past_position_ids)

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -118,16 +118,11 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
 
 
 def _lm_head(checkpoint: Path, cfg: EncoderConfig) -> dict[str, dict[str, Tensor]]:
-    """{"lm": state} when the checkpoint's objective has a tied `LMHead` at `objective.head` over the
-    encoder's width (MLM, PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
-    from safetensors import safe_open
-    from ..model.heads import LMHead
-    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
-        state = {k[len("objective.head."):]: f.get_tensor(k) for k in f.keys() if k.startswith("objective.head.")}
-    expected = {k: v.shape for k, v in LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps).state_dict().items()}
-    if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
-        return {}
-    return {"lm": state}
+    """{"lm": state} when the checkpoint's objective has a tied `LMHead` (`export.hf.MLM_HEADS`: MLM,
+    PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
+    from ..export.hf import MLM_HEADS, _read_config, _read_tensors
+    prefix = MLM_HEADS.get(_read_config(checkpoint).get("objective_name"))
+    return {"lm": _read_tensors(checkpoint / "model.safetensors", prefix)} if prefix else {}
 
 
 def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay: float,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from . import metrics
-from .base import SpecialIds, Task
+from .base import SpecialIds, Task, read_text
 
 csv.field_size_limit(sys.maxsize)
 
@@ -93,14 +93,7 @@ def _column(header: list[str] | None, key: str | int, path: Path) -> int:
 
 def _read_rows(path: Path, header: bool) -> tuple[list[str] | None, list[list[str]]]:
     """Rows of a TSV / CSV file or dicts of a JSONL file as lists (JSONL: header = the first row's keys)."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an existing data file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8") from None
-    if not text.strip():
-        raise UserError(f"{path} is empty; pass a file with examples")
+    text = read_text(path)
     if path.suffix in (".jsonl", ".json"):
         records = []
         for n, line in enumerate(text.splitlines(), 1):

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..model.heads import LMHead
-from .base import SpecialIds, Task
+from .base import SpecialIds, Task, read_text
 from .decoding import GenerationConfig, Seq2SeqIds, generate
 from .metrics import generation_scores, meteor_unavailable
 
@@ -56,17 +56,7 @@ class Seq2SeqExample:
 
 
 def _read_lines(path: str | Path, what: str) -> list[str]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; pass an existing file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8") from None
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
-        raise UserError(f"{what} {path} is empty; pass a file with one example per line")
-    return lines
+    return read_text(path, what).splitlines()
 
 
 def read_pairs(source: str | Path, target: str | Path) -> list[Seq2SeqExample]:

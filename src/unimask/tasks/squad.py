@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .base import SpecialIds, Task
+from .base import SpecialIds, Task, read_text
 from .metrics import squad_scores
 
 EXPECTED = ('{"data": [{"paragraphs": [{"context": str, "qas": [{"id": str, "question": str, '
@@ -40,12 +40,10 @@ class SquadExample:
 
 def read_squad(path: str | Path) -> list[SquadExample]:
     """The questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"SQuAD file {path} does not exist; pass the path of a SQuAD v1.1/v2.0 JSON file")
+    text = read_text(path, "SQuAD file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); pass a SQuAD v1.1/v2.0 JSON file") from None
     try:
         return [_example(qa, paragraph["context"])
