@@ -83,10 +83,13 @@ def test_objective_flops_count_their_auxiliary_networks():
     dec_layer = stack_flops(generator_config(cfg, D, 1), T)
     assert abs((deep - shallow) - 2 * dec_layer) < 1e-6 * deep
     assert abs(shallow - (109 / 128 * stack_flops(cfg, 109) + 2 * dec_layer + f * head)) < 1e-6 * deep
-    # PMLM: without PAR it is MLM; with it the encoder runs on T (1 + 2f) tokens and the head on 2f rows
+    # PMLM: without PAR it is MLM; with it the encoder's weights see T (1 + 2f) tokens, the T text
+    # queries score T keys and the 38 appended ones all T + 38, and the head runs on 2f rows
     assert abs(_objective("pmlm", cfg, par_weight=0.0).train_flops_per_token(T, f) - mlm) < 1e-6 * mlm
     ext = T + 38
-    assert abs(_objective("pmlm", cfg).train_flops_per_token(T, f) - (ext / T * stack_flops(cfg, ext) + 2 * f * head)) < 1e-3
+    weights = 6 * cfg.num_layers * (4 * D * D + 2 * D * cfg.intermediate_size) * ext
+    scores = 6 * cfg.num_layers * 2 * D * (T * T + 38 * ext)
+    assert abs(_objective("pmlm", cfg).train_flops_per_token(T, f) - ((weights + scores) / T + 2 * f * head)) < 1e-3
     # ELECTRA: discriminator + RTD head + a 64-wide generator and its head on the masked rows
     gen = generator_config(cfg, 64, cfg.num_layers)
     electra = stack_flops(cfg, T) + 6 * (D * D + D) + stack_flops(gen, T) + 6 * D * 64 + f * 6 * (64 * D + D * V)

@@ -327,6 +327,27 @@ def test_one_pass_equals_step_by_step_reference(norm: str):
     assert max(len(p) for b in range(3) for p in steps_of(out, b)) >= 2           # ... and a multi-token block
 
 
+@pytest.mark.parametrize("norm,padded_row,token_types", [("post", False, False), ("pre", True, True)])
+def test_objective_encodes_in_two_calls_exactly_as_one_pass(norm: str, padded_row: bool, token_types: bool):
+    """`PMLM.hidden_states` (the text alone, then the appended slots against its cached keys/values)
+    gives the one-pass states over the whole layout, proven above, to float64 precision."""
+    m = exact_model(norm)
+    batch = text(B=3, T=24, padded_row=padded_row, seed=5)
+    if token_types:
+        batch = batch.replace(token_type_ids=(torch.arange(24) >= 12).long().expand(3, 24).clone())
+    out = m.objective.corrupt(batch, rng(8))
+    L, N = out.labels.shape[1], out.extras["pseudo_labels"].shape[1]
+    with torch.no_grad():
+        hidden = m.encoder(out.input_ids, position_ids=out.position_ids, token_type_ids=out.token_type_ids,
+                           attention_mask=out.attention_mask)                    # (B, T', D)
+        text_states, pseudo = m.objective.hidden_states(m.encoder, out)
+    real = out.attention_mask[:, :L, :L].any(-1)                                 # text rows with a value
+    torch.testing.assert_close(text_states[real], hidden[:, :L][real], atol=1e-10, rtol=1e-10)
+    valid = out.extras["pseudo_labels"].ne(-100)
+    assert int(valid.sum()) > 0 and N > 0
+    torch.testing.assert_close(pseudo[valid], hidden[:, L + N:][valid], atol=1e-10, rtol=1e-10)
+
+
 def test_one_layer_step_equals_a_plain_pass_over_the_visible_input():
     """With one layer, step k is literally the encoder on [context with [M] | originals of earlier
     blocks | block k's [P]] with plain padding masking. With two, such a plain pass would let the

@@ -166,16 +166,42 @@ class PMLM(Objective):
 
     # ---- forward --------------------------------------------------------------------------------
 
+    def hidden_states(self, encoder: Encoder, batch: TokenBatch) -> tuple[Tensor, Tensor]:
+        """The encoder's states of the text (B, L, D) and of the [P] slots (B, N, D) for a
+        `pseudo_masked_batch`: the one-pass computation over its (T', T') layout, in two calls.
+
+        The layout's text rows never see an appended slot, so the text is encoded alone, as a plain
+        (padded) bidirectional pass; the appended slots then attend, layer by layer, to the text's
+        keys/values (`Encoder.step`'s cache) and to each other under the layout's lower rows. Same
+        states as one `encoder(...)` call over T' tokens (tests/test_pmlm.py), with L^2 + 2N T'
+        attention scores instead of T'^2: on the CPU (no fused attention with dropout) the scores,
+        their softmax and dropout are a large share of a small model's step."""
+        L, N = batch.labels.shape[1], batch.extras["pseudo_labels"].shape[1]
+        ids, layout = batch.input_ids, batch.attention_mask                        # (B, T'), (B, T', T')
+        positions = (batch.position_ids if batch.position_ids is not None
+                     else torch.arange(ids.shape[1], device=ids.device).expand_as(ids))   # (B, T')
+        types = batch.token_type_ids
+        if N == 0:                                  # PAR off: nothing appended, a plain padded pass
+            text = encoder(ids, position_ids=positions, token_type_ids=types, attention_mask=layout)  # (B, L, D)
+            return text, text[:, :0]
+        text_mask = layout[:, :L, :L]                                              # (B, L, L)
+        text, past = encoder.step(ids[:, :L], position_ids=positions[:, :L],
+                                  token_type_ids=None if types is None else types[:, :L],
+                                  attention_mask=None if bool(text_mask.all()) else text_mask)  # (B, L, D)
+        appended, _ = encoder.step(ids[:, L:], position_ids=positions[:, L:],
+                                   token_type_ids=None if types is None else types[:, L:],
+                                   attention_mask=layout[:, L:], past=past,
+                                   past_position_ids=positions[:, :L])           # (B, 2N, D)
+        return text, appended[:, N:]
+
     def forward(self, encoder: Encoder, batch: TokenBatch) -> ObjectiveOutput:
-        hidden = encoder(batch.input_ids, position_ids=batch.position_ids,
-                         token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask)  # (B, T', D)
+        text, pseudo = self.hidden_states(encoder, batch)                        # (B, L, D), (B, N, D)
         ae_labels, par_labels = batch.labels, batch.extras["pseudo_labels"]        # (B, L), (B, N)
-        L, N = ae_labels.shape[1], par_labels.shape[1]
         parts = []                                             # (name, weight, (B, S, D) hidden, (B, S) labels)
         if self.cfg.ae_weight > 0:
-            parts.append(("mlm", self.cfg.ae_weight, hidden[:, :L], ae_labels))
+            parts.append(("mlm", self.cfg.ae_weight, text, ae_labels))
         if self.cfg.par_weight > 0:
-            parts.append(("par", self.cfg.par_weight, hidden[:, L + N:], par_labels))
+            parts.append(("par", self.cfg.par_weight, pseudo, par_labels))
         selected = [labels.ne(-100) for _, _, _, labels in parts]                  # (B, S) each
         rows = torch.cat([h[s] for (_, _, h, _), s in zip(parts, selected)])       # (M, D)
         targets = torch.cat([labels[s] for (_, _, _, labels), s in zip(parts, selected)])  # (M,)
@@ -196,12 +222,15 @@ class PMLM(Objective):
 
     def train_flops_per_token(self, seq_len: int, predicted_fraction: float) -> float:
         """Per text token (model/flops.py): the encoder over the text plus the appended originals and
-        pseudo masks, T' = T (1 + 2 f) tokens with T' x T' attention, and the LM head on the [M] and
-        [P] rows (2 f per text token; f = the masked fraction of the text)."""
+        pseudo masks, T' = T (1 + 2 f) tokens (f = the masked fraction of the text), where the T text
+        queries score T keys and the 2 f T appended ones all T' (`hidden_states`), and the LM head
+        on the [M] and [P] rows (2 f per text token)."""
         D, V = self.encoder_cfg.hidden_size, self.encoder_cfg.vocab_size
-        extended = seq_len * (1 + 2 * predicted_fraction) if self.cfg.par_weight > 0 else seq_len
+        appended = 2 * predicted_fraction * seq_len if self.cfg.par_weight > 0 else 0.0
+        extended = seq_len + appended
+        keys_per_query = (seq_len * seq_len + appended * extended) / extended
         rows = predicted_fraction * ((self.cfg.ae_weight > 0) + (self.cfg.par_weight > 0))
-        return extended / seq_len * flops.stack_flops(self.encoder_cfg, extended) + rows * flops.lm_head_flops(D, D, V)
+        return extended / seq_len * flops.stack_flops(self.encoder_cfg, keys_per_query) + rows * flops.lm_head_flops(D, D, V)
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         means = with_perplexity(means)

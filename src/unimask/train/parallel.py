@@ -53,10 +53,12 @@ def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile_model: 
     model.to(info.device)
     if info.world_size > 1:
         if strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
             for block in model.encoder.layers:
                 fully_shard(block)
+                # objectives that encode in pieces (PMLM) call Block.step: it must gather the shards too
+                register_fsdp_forward_method(block, "step")
             fully_shard(model)
         else:
             from torch.nn.parallel import DistributedDataParallel
