@@ -202,6 +202,21 @@ def test_random_init_and_hf_directory(checkpoint: Path, tmp_path: Path) -> None:
     assert not torch.equal(a["layers.0.attn.query.weight"], pre.state["layers.0.attn.query.weight"])
 
 
+def test_encoder_dropout_is_the_fine_tuning_value(checkpoint: Path) -> None:
+    """The checkpoint's dropout is replaced (pretraining may use none, fine-tuning BERT's 0.1): the
+    weights are the pretrained ones, every dropout module and the attention dropout take the value."""
+    pre = load_pretrained(checkpoint)
+    for p in (0.0, 0.3):
+        enc = pre.build(1, p)
+        assert enc.config.dropout == enc.config.attention_dropout == p
+        rates = {m.p for m in enc.modules() if isinstance(m, torch.nn.Dropout)}
+        assert rates == {p} and {layer.attn.attention_dropout for layer in enc.layers} == {p}
+        assert all(torch.equal(v, pre.state[k]) for k, v in enc.state_dict().items())
+    assert pre.build(1).config == pre.config
+    with pytest.raises(UserError, match="encoder_dropout"):
+        FinetuneConfig(encoder_dropout=1.0)
+
+
 def test_cli_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
     task_dir = tmp_path / "task"
     task_dir.mkdir()

@@ -24,7 +24,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +51,9 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     layer_decay: float = 1.0          # lr of layer l = lr * layer_decay ** (depth above l); 1 = off
-    dropout: float = 0.1              # the head's dropout (the encoder keeps its own)
+    dropout: float = 0.1              # the head's dropout
+    encoder_dropout: float = 0.1      # the encoder's hidden and attention dropout while fine-tuning, whatever
+                                      # pretraining used (BERT's 0.1; Geiping & Goldstein 2022 pretrain without)
     clip_norm: float = 1.0
     eval_every: int = 0               # optimizer steps between evaluations; 0 = once per epoch
     patience: int = 0                 # evaluations without improvement before stopping; 0 = never stop early
@@ -68,7 +70,7 @@ class FinetuneConfig:
             (self.max_length >= 8, "max_length must be at least 8"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 <= self.dropout < 1 and 0 <= self.encoder_dropout < 1, "dropout and encoder_dropout must be in [0, 1)"),
             (self.eval_every >= 0 and self.patience >= 0 and self.max_train_examples >= 0,
              "eval_every, patience and max_train_examples must be >= 0"),
             (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
@@ -89,9 +91,12 @@ class Pretrained:
     source: str
     heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)   # "lm": the tied LM head, if any
 
-    def build(self, seed: int) -> Encoder:
+    def build(self, seed: int, dropout: float | None = None) -> Encoder:
+        """The encoder (seeded init, then the pretrained weights); `dropout` replaces the config's
+        hidden and attention dropout."""
         torch.manual_seed(seed)
-        encoder = Encoder(self.config)
+        cfg = self.config if dropout is None else replace(self.config, dropout=dropout, attention_dropout=dropout)
+        encoder = Encoder(cfg)
         if self.state is not None:
             encoder.load_state_dict(self.state, strict=True)
         return encoder
@@ -170,7 +175,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
     device = _device(cfg.device)
     autocast = autocast_for(cfg.precision, device)
     special = SpecialIds.of(pretrained.tokenizer)
-    encoder = pretrained.build(seed).to(device).train()
+    encoder = pretrained.build(seed, cfg.encoder_dropout).to(device).train()
     head = task.head(encoder, cfg.dropout).to(device).train()
     if task.pretrained_head is not None and task.pretrained_head in pretrained.heads:
         head.load_state_dict(pretrained.heads[task.pretrained_head])
@@ -405,6 +410,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--layer-decay", type=float, default=d.layer_decay, help="layer-wise lr decay factor (1 = off)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="the head's dropout")
+    p.add_argument("--encoder-dropout", type=float, default=d.encoder_dropout,
+                   help="the encoder's hidden and attention dropout while fine-tuning (the checkpoint's is ignored)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: each epoch)")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="stop a run after this many evaluations without improvement (0: never)")
@@ -442,6 +449,7 @@ def run(args: argparse.Namespace) -> int:
         lrs=tuple(args.lr), seeds=tuple(args.seed), epochs=args.epochs, batch_size=args.batch_size,
         max_length=args.max_length or DEFAULT_MAX_LENGTH.get(args.task, 128), warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, layer_decay=args.layer_decay, dropout=args.dropout,
+        encoder_dropout=args.encoder_dropout,
         eval_every=args.eval_every, patience=args.patience, max_train_examples=args.max_train_examples,
         precision=args.precision, device=args.device)
     task = TASKS[args.task](args)
