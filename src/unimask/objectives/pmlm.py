@@ -1,7 +1,8 @@
 """UniLMv2's pseudo-masked language model, PMLM (Bao et al. 2020, "UniLMv2: Pseudo-Masked Language
 Models for Unified Language Model Pre-Training", ICML 2020, section 3; arXiv 2002.12804).
 
-One encoder pass trains two objectives on the same masked blocks:
+One forward pass (the text, then the appended slots against its cached keys/values: `hidden_states`)
+trains two objectives on the same masked blocks:
 
 - AE, autoencoding (section 3.1): the corrupted text, with [M] at the masked positions (80% [MASK],
   10% a random token, 10% kept, as BERT), predicts every masked token at once, as MLM does;
