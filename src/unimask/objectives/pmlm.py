@@ -178,13 +178,11 @@ class PMLM(Objective):
         attention scores instead of T'^2: on the CPU (no fused attention with dropout) the scores,
         their softmax and dropout are a large share of a small model's step."""
         L, N = batch.labels.shape[1], batch.extras["pseudo_labels"].shape[1]
-        ids, layout = batch.input_ids, batch.attention_mask                        # (B, T'), (B, T', T')
-        positions = (batch.position_ids if batch.position_ids is not None
-                     else torch.arange(ids.shape[1], device=ids.device).expand_as(ids))   # (B, T')
-        types = batch.token_type_ids
+        ids, layout, types = batch.input_ids, batch.attention_mask, batch.token_type_ids  # (B, T'), (B, T', T')
         if N == 0:                                  # PAR off: nothing appended, a plain padded pass
-            text = encoder(ids, position_ids=positions, token_type_ids=types, attention_mask=layout)  # (B, L, D)
+            text = encoder(ids, position_ids=batch.position_ids, token_type_ids=types, attention_mask=layout)  # (B, L, D)
             return text, text[:, :0]
+        positions = batch.position_ids              # (B, T'): always set when slots are appended
         text_mask = layout[:, :L, :L]                                              # (B, L, L)
         text, past = encoder.step(ids[:, :L], position_ids=positions[:, :L],
                                   token_type_ids=None if types is None else types[:, :L],

@@ -116,13 +116,13 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
         encoder, cfg = load_encoder(checkpoint)
         tokenizer = _read_tokenizer(checkpoint / "tokenizer.json", cfg)
         source = str(checkpoint)
-        heads = {} if random_init else _lm_head(checkpoint, cfg)
+        heads = {} if random_init else _lm_head(checkpoint)
     label = name or (path.name + (" (random init)" if random_init else ""))
     state = None if random_init else {k: v.clone() for k, v in encoder.state_dict().items()}
     return Pretrained(state, cfg, tokenizer, label, source, heads)
 
 
-def _lm_head(checkpoint: Path, cfg: EncoderConfig) -> dict[str, dict[str, Tensor]]:
+def _lm_head(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
     """{"lm": state} when the checkpoint's objective has a tied `LMHead` (`export.hf.MLM_HEADS`: MLM,
     PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
     from ..export.hf import MLM_HEADS, _read_config, _read_tensors
