@@ -179,6 +179,28 @@ def test_early_stopping(checkpoint: Path, tmp_path: Path) -> None:
     assert run["stopped_early"] and [h["step"] for h in run["history"]] == [2, 4, 6]
 
 
+def test_history_train_loss_is_the_mean_since_the_previous_evaluation(checkpoint: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    task = _keyword_task(tmp_path)
+    seen, loss = [], task.loss
+
+    def recording(head, hidden, batch):
+        value, count = loss(head, hidden, batch)
+        if torch.is_grad_enabled():                  # a training step, not an evaluation batch
+            seen.append((value.item(), count.item()))
+        return value, count
+
+    monkeypatch.setattr(task, "loss", recording)
+    cfg = FinetuneConfig(lrs=(1e-3,), epochs=1, batch_size=16, eval_every=3, precision="fp32", max_length=32)
+    results = sweep(task, load_pretrained(checkpoint), cfg, tmp_path / "out", progress=False)
+    history = results["runs"][0]["history"]
+    steps = [h["step"] for h in history]
+    assert steps == [3, 6, 9, 12, 15, 18, 21, 24, 25] and len(seen) == 25
+    for start, h in zip([0, *steps], history):
+        part = seen[start:h["step"]]
+        assert h["train_loss"] == pytest.approx(sum(v for v, _ in part) / sum(c for _, c in part), rel=1e-6)
+
+
 def test_random_init_and_hf_directory(checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from unimask.export.hf import export_checkpoint

@@ -194,6 +194,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
     evals_since_best, started = 0, time.time()
     bar = _bar(progress, total, f"{task.name} lr={lr:g} seed={seed}")
     order: list[int] = []
+    loss_sum, count_sum = 0.0, 0       # since the last evaluation: its history entry's train_loss
     for step in range(1, total + 1):
         if not order:
             order = torch.randperm(len(train_features), generator=rng).tolist()
@@ -207,6 +208,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        loss_sum, count_sum = loss_sum + loss.detach().float(), count_sum + count   # no host sync per step
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item() / max(1, count.item()):.4f}", refresh=False)
@@ -214,7 +216,8 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
             scores = {split: task.evaluate(encoder, head, *data[split], special.pad, cfg.eval_batch_size, autocast, device)
                       for split in task.eval_splits}
             result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
-                                   "train_loss": loss.item() / max(1, count.item()), **scores})
+                                   "train_loss": float(loss_sum) / max(1, int(count_sum)), **scores})
+            loss_sum, count_sum = 0.0, 0
             value = scores[main_split][task.metric]
             if bar is not None:
                 bar.write(f"  step {step}: {main_split} " + ", ".join(f"{k} {v:.2f}" for k, v in scores[main_split].items()),
