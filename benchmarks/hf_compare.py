@@ -62,15 +62,9 @@ class HFMaskedLM(nn.Module):
 
 
 def bert_config(cfg):
-    from transformers import BertConfig
+    from unimask.export.hf import to_bert_config
 
-    return BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act="gelu",
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
-        max_position_embeddings=cfg.max_positions, type_vocab_size=cfg.type_vocab_size,
-        layer_norm_eps=cfg.layer_norm_eps, initializer_range=cfg.initializer_range,
-        pad_token_id=cfg.pad_token_id, tie_word_embeddings=True, attn_implementation="sdpa")
+    return to_bert_config(cfg, attn_implementation="sdpa")
 
 
 def build_hf_engine(args, info, batches) -> bench.Engine:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 
 def main() -> None:
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     from unimask.data.loader import Blocks, TrainLoader
     from unimask.data.store import TokenStore
+    from unimask.export.hf import to_bert_config
     from unimask.model.encoder import EncoderConfig
     from unimask.objectives import OBJECTIVES, Vocab
     from unimask.recipes import RECIPES
@@ -44,11 +46,7 @@ def main() -> None:
                   word_start=store.word_start_mask())
     objective = OBJECTIVES["mlm"](run.objective, EncoderConfig(vocab_size=store.vocab_size), vocab)
     torch.manual_seed(t.seed)
-    model = BertForMaskedLM(BertConfig(
-        vocab_size=store.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size, max_position_embeddings=m.max_positions,
-        layer_norm_eps=m.layer_norm_eps, hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
-    )).train()
+    model = BertForMaskedLM(to_bert_config(replace(m, vocab_size=store.vocab_size))).train()
     optimizer = build_optimizer(model, t.lr, (t.beta1, t.beta2), t.adam_eps, t.weight_decay)
     scheduler = build_scheduler(optimizer, args.warmup, args.total, "linear", 0.0)
     loader = TrainLoader(Blocks(store, run.data.seq_len, full_only=True), t.batch_size, t.seed, objective.corrupt)
