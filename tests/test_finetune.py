@@ -13,7 +13,7 @@ from unimask.cli import main
 from unimask.errors import UserError
 from unimask.tasks.base import SpecialIds, collate
 from unimask.tasks.finetune import FinetuneConfig, load_pretrained, parameter_groups, sweep
-from unimask.tasks.glue import GLUE, GLUE_DIRS, Example, SentenceTask, TableSpec, glue_task, user_task
+from unimask.tasks.glue import GLUE, GLUE_DIRS, ClassificationHead, Example, SentenceTask, TableSpec, glue_task, user_task
 from unimask.tasks.report import collect, table
 
 GLUE_SIZES = {  # (train, dev) rows in ../shared/data/glue (README.md there)
@@ -129,7 +129,35 @@ def test_layer_wise_lr_decay(checkpoint: Path) -> None:
     assert len(lr_of) == len(list(encoder.parameters())) + len(list(head.parameters()))
 
 
-def _keyword_task(tmp_path: Path) -> SentenceTask:
+def test_head_pooling_reads_cls_or_the_mean_of_real_tokens() -> None:
+    """[CLS] pooling reads position 0 only; mean pooling is the average over real tokens, so padding
+    (whatever its hidden states) changes nothing."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 6, 8)                                                  # (B, T, D)
+    lengths = torch.tensor([6, 4, 1])
+    mask = torch.arange(6)[None, :] < lengths[:, None]                             # (B, T)
+    for pooling in ("cls", "mean"):
+        head = ClassificationHead(8, 2, 0.0, pooling).eval()
+        out = head(hidden, mask)
+        # brute force: run each example alone, its padding cut off
+        alone = torch.cat([head(hidden[i:i + 1, :n], mask[i:i + 1, :n]) for i, n in enumerate(lengths.tolist())])
+        torch.testing.assert_close(out, alone)
+        scrambled = hidden.clone()
+        scrambled[~mask] = 1e3
+        torch.testing.assert_close(head(scrambled, mask), out)
+        pooled = hidden[:, 0] if pooling == "cls" else torch.stack(
+            [hidden[i, :n].mean(0) for i, n in enumerate(lengths.tolist())])
+        torch.testing.assert_close(out, head.out(torch.tanh(head.dense(pooled))))
+    changed = hidden.clone()
+    changed[0, 3] += 1.0                                                           # a real token, not [CLS]
+    cls, mean = ClassificationHead(8, 2, 0.0, "cls"), ClassificationHead(8, 2, 0.0, "mean")
+    assert torch.equal(cls(changed, mask)[0], cls(hidden, mask)[0])
+    assert not torch.equal(mean(changed, mask)[0], mean(hidden, mask)[0])
+    with pytest.raises(UserError, match="pooling 'max' is not one of cls, mean"):
+        SentenceTask("t", {}, TableSpec("a", "b"), ("0", "1"), "accuracy", ("accuracy",), pooling="max")
+
+
+def _keyword_task(tmp_path: Path, pooling: str = "cls") -> SentenceTask:
     """A task a working loop must learn: the label says whether the text mentions 'moses'."""
     g = torch.Generator().manual_seed(0)
     words = "the lord said unto him and they went up into land of egypt with all people".split()
@@ -141,11 +169,13 @@ def _keyword_task(tmp_path: Path) -> SentenceTask:
         rows.append((" ".join(text), "yes" if i % 2 else "no"))
     for name, part in (("train.tsv", rows[:400]), ("dev.tsv", rows[400:])):
         (tmp_path / name).write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in part))
-    return user_task("classify", str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"), "text", "label")
+    return user_task("classify", str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"), "text", "label",
+                     pooling=pooling)
 
 
-def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, tmp_path: Path) -> None:
-    task = _keyword_task(tmp_path)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, tmp_path: Path, pooling: str) -> None:
+    task = _keyword_task(tmp_path, pooling)
     cfg = FinetuneConfig(lrs=(3e-3,), seeds=(1, 2), epochs=3, batch_size=16, precision="fp32", max_length=32)
     results = sweep(task, load_pretrained(checkpoint, name="tiny"), cfg, tmp_path / "out", progress=False)
     summary = results["summary"]["dev"]
@@ -153,7 +183,8 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     assert summary["f1"]["best"] >= summary["f1"]["median"]
     saved = json.loads((tmp_path / "out" / "best" / "finetune.json").read_text())
     assert saved["scores"]["dev"]["accuracy"] == summary["accuracy"]["best"]
-    assert saved["labels"] == ["no", "yes"]
+    assert saved["labels"] == ["no", "yes"] and saved["task_options"] == {"pooling": pooling}
+    assert results["task_options"] == {"pooling": pooling}
     assert (tmp_path / "out" / "results.md").read_text().startswith("# classify — tiny")
     # the saved weights reproduce the saved score
     from safetensors.torch import load_file
@@ -248,9 +279,12 @@ def test_cli_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
               "--epochs", "0.5", "--max-length", "32", "--quiet", "--precision", "fp32"]
     assert main([*common, "--out", str(tmp_path / "a"), "--name", "pretrained"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--random-init", "--name", "scratch"]) == 0
+    assert main([*common, "--out", str(tmp_path / "c"), "--name", "pretrained", "--pooling", "mean"]) == 0
     assert "classify dev (1 runs): accuracy median" in capsys.readouterr().out
-    t = table(collect([str(tmp_path / "a"), str(tmp_path / "b")]))
-    assert list(t["rows"]) == ["pretrained", "scratch"] and t["columns"] == ["classify accuracy", "average"]
+    assert "pooling: mean" in (tmp_path / "c" / "results.md").read_text()
+    t = table(collect([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")]))
+    assert list(t["rows"]) == ["pretrained", "scratch", "pretrained (mean pooling)"]
+    assert t["columns"] == ["classify accuracy", "average"]
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| pretrained |") + out.count("\n| scratch |") == 2 and (tmp_path / "r.json").is_file()

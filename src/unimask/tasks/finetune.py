@@ -252,7 +252,9 @@ def summarize(runs: list[RunResult], split: str) -> dict[str, dict[str, float]]:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# {results['task']} — {results['model']}", "", f"source: `{results['source']}`", ""]
+    pooling = results.get("task_options", {}).get("pooling")
+    lines = [f"# {results['task']} — {results['model']}", "", f"source: `{results['source']}`"
+             + (f", pooling: {pooling}" if pooling else ""), ""]
     for split, summary in results["summary"].items():
         lines += [f"## {split}", "", "| metric | median | best |", "|---|---|---|"]
         lines += [f"| {m} | {v['median']:.2f} | {v['best']:.2f} |" for m, v in summary.items()]
@@ -312,7 +314,7 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
                 })
     results = {
         "task": task.name, "metric": task.metric, "model": pretrained.name, "source": pretrained.source,
-        "random_init": pretrained.state is None, "config": asdict(cfg),
+        "random_init": pretrained.state is None, "config": asdict(cfg), "task_options": task.options(),
         "train_examples": len(train_examples),
         "summary": {split: summarize(runs, split) for split in task.eval_splits},
         "runs": [asdict(r) for r in runs],
@@ -327,7 +329,7 @@ def _glue(name: str) -> Callable[[argparse.Namespace], Task]:
         from .glue import GLUE_DIRS, glue_task
         if not args.data:
             raise UserError(f"--task {name} needs --data, the task's GLUE folder (e.g. glue/{GLUE_DIRS[name]})")
-        return glue_task(name, args.data)
+        return glue_task(name, args.data, args.pooling)
     return build
 
 
@@ -340,7 +342,7 @@ def _user(kind: str) -> Callable[[argparse.Namespace], Task]:
         if missing:
             raise UserError(f"--task {kind} needs {', '.join(missing)}")
         return user_task(kind, args.train, args.dev, args.text_column, args.label_column, args.text_pair_column,
-                         args.labels.split(",") if args.labels else None)
+                         args.labels.split(",") if args.labels else None, args.pooling)
     return build
 
 
@@ -399,6 +401,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-pair-column", help="classify / regress: the second text of a pair, if any")
     p.add_argument("--label-column", help="classify / regress: the label column")
     p.add_argument("--labels", help="classify: comma-separated class names (default: those in the training file)")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                   help="GLUE / classify / regress: the head reads [CLS]'s hidden state (BERT) or the mean over real tokens")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")
     p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
     p.add_argument("--random-init", action="store_true",

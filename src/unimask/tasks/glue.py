@@ -146,11 +146,19 @@ def read_table(path: str | Path, table: TableSpec, regression: bool) -> list[Exa
     return examples
 
 
-class ClassificationHead(nn.Module):
-    """[CLS] -> dense -> tanh -> dropout -> linear (BERT's pooler and classifier)."""
+POOLINGS = ("cls", "mean")
+"""What the sentence head reads: [CLS]'s hidden state (BERT) or the mean over the real (non-pad) tokens."""
 
-    def __init__(self, hidden_size: int, num_outputs: int, dropout: float) -> None:
+
+class ClassificationHead(nn.Module):
+    """Pooled -> dense -> tanh -> dropout -> linear (BERT's pooler and classifier); pooled is [CLS]'s
+    hidden state, or with pooling="mean" the average of the non-pad tokens' hidden states."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, pooling: str = "cls") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise UserError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_outputs)
@@ -158,18 +166,26 @@ class ClassificationHead(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        # hidden: (B, T, D) -> (B, num_outputs)
-        return self.out(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        # hidden: (B, T, D), attention_mask: (B, T) bool, True at real tokens -> (B, num_outputs)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]                                                  # (B, D)
+        else:
+            real = attention_mask[..., None].to(hidden.dtype)                      # (B, T, 1)
+            pooled = (hidden * real).sum(1) / real.sum(1)                          # (B, D)
+        return self.out(self.dropout(torch.tanh(self.dense(pooled))))
 
 
 class SentenceTask(Task):
     """Classification (cross-entropy) or regression (MSE) over one text or a pair of texts."""
 
     def __init__(self, name: str, files: dict[str, Path], table: TableSpec, labels: tuple[str, ...] | None,
-                 metric: str, scorers: tuple[str, ...], eval_splits: tuple[str, ...] = ("dev",)) -> None:
+                 metric: str, scorers: tuple[str, ...], eval_splits: tuple[str, ...] = ("dev",),
+                 pooling: str = "cls") -> None:
+        if pooling not in POOLINGS:
+            raise UserError(f"--pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.name, self.files, self.table, self.metric = name, files, table, metric
-        self.labels, self.scorers, self.eval_splits = labels, scorers, eval_splits
+        self.labels, self.scorers, self.eval_splits, self.pooling = labels, scorers, eval_splits, pooling
         self._cache: dict[str, list[Example]] = {}
 
     @property
@@ -188,6 +204,9 @@ class SentenceTask(Task):
                                     f"{list(self.labels)}; check the label column")
             self._cache[split] = examples
         return self._cache[split]
+
+    def options(self) -> dict[str, Any]:
+        return {"pooling": self.pooling}
 
     def featurize(self, examples: list[Example], tokenizer: Tokenizer, special: SpecialIds,
                   max_length: int) -> list[dict[str, Any]]:
@@ -214,10 +233,11 @@ class SentenceTask(Task):
         return features
 
     def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
-        return ClassificationHead(encoder.config.hidden_size, 1 if self.regression else len(self.labels), dropout)
+        return ClassificationHead(encoder.config.hidden_size, 1 if self.regression else len(self.labels), dropout,
+                                  self.pooling)
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        out = head(hidden).float()                                                 # (B, C)
+        out = head(hidden, batch["attention_mask"]).float()                        # (B, C)
         if self.regression:
             loss = F.mse_loss(out[:, 0], batch["label"].float(), reduction="sum")
         else:
@@ -225,7 +245,7 @@ class SentenceTask(Task):
         return loss, torch.tensor(out.shape[0], device=out.device)
 
     def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        out = head(hidden).float()
+        out = head(hidden, batch["attention_mask"]).float()
         return out[:, 0] if self.regression else out.argmax(-1)
 
     def score(self, examples: list[Example], features: list[dict[str, Any]], outputs: Tensor) -> dict[str, float]:
@@ -234,7 +254,7 @@ class SentenceTask(Task):
         return {name: SCORERS[name](gold, pred) for name in self.scorers}
 
 
-def glue_task(name: str, data: str | Path) -> SentenceTask:
+def glue_task(name: str, data: str | Path, pooling: str = "cls") -> SentenceTask:
     """A GLUE task reading `data`/train.tsv and its dev files (the GLUE download script's layout)."""
     spec = GLUE[name]
     root = Path(data).expanduser()
@@ -245,11 +265,11 @@ def glue_task(name: str, data: str | Path) -> SentenceTask:
     if missing:
         raise UserError(f"{root} has no {', '.join(missing)}; pass the task's GLUE folder "
                         f"(e.g. glue/{GLUE_DIRS[name]}) with train.tsv and {', '.join(f'{s}.tsv' for s in spec.eval_splits)}")
-    return SentenceTask(name, files, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits)
+    return SentenceTask(name, files, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling)
 
 
 def user_task(kind: str, train: str | None, dev: str, text_column: str, label_column: str,
-              pair_column: str | None = None, labels: list[str] | None = None) -> SentenceTask:
+              pair_column: str | None = None, labels: list[str] | None = None, pooling: str = "cls") -> SentenceTask:
     """`--task classify|regress` on the user's TSV/CSV/JSONL files (columns named in the header).
 
     Class names come from `labels` or, sorted, from the training file (else the dev file).
@@ -259,11 +279,11 @@ def user_task(kind: str, train: str | None, dev: str, text_column: str, label_co
     if train:
         files["train"] = Path(train).expanduser()
     if kind == "regress":
-        return SentenceTask("regress", files, table, None, "pearson", ("pearson", "spearman"))
+        return SentenceTask("regress", files, table, None, "pearson", ("pearson", "spearman"), pooling=pooling)
     if labels is None:
         source = files.get("train", files["dev"])
         labels = sorted({e.label for e in read_table(source, table, regression=False)})
     if len(labels) < 2:
         raise UserError(f"classification needs at least two labels; {labels} found in column {label_column!r}")
     scorers = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
-    return SentenceTask("classify", files, table, tuple(labels), "accuracy", scorers)
+    return SentenceTask("classify", files, table, tuple(labels), "accuracy", scorers, pooling=pooling)

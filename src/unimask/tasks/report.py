@@ -3,7 +3,8 @@
 Every `results.json` that `unimask finetune` wrote under the given directories is read; a cell is the
 median over the sweep's runs of the task's selection metric on its first dev split (the best run in
 parentheses), and "average" is the mean over the tasks every row has. Rows are models (the --name of
-`unimask finetune`), so `unimask report ft/mlm ft/electra ft/random` compares three pretrainings.
+`unimask finetune`, plus the head's pooling when it is not [CLS]), so `unimask report ft/mlm ft/electra
+ft/random` compares three pretrainings.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def collect(paths: list[str]) -> list[dict]:
     return found
 
 
+def row_name(result: dict) -> str:
+    """The model's name, plus the head's pooling when it is not BERT's [CLS] (so the two never share a cell)."""
+    pooling = (result.get("task_options") or {}).get("pooling", "cls")
+    return result["model"] + ("" if pooling == "cls" else f" ({pooling} pooling)")
+
+
 def table(results: list[dict]) -> dict:
     """{"columns": [...], "rows": {model: {column: {"median", "best"}}}} with column = task (split metric)."""
     rows: dict[str, dict[str, dict]] = {}
@@ -42,7 +49,7 @@ def table(results: list[dict]) -> dict:
         column = f"{r['task']} {r['metric']}" + (f" ({split})" if split != "dev" else "")
         if column not in columns:
             columns.append(column)
-        rows.setdefault(r["model"], {})[column] = r["summary"][split][r["metric"]]
+        rows.setdefault(row_name(r), {})[column] = r["summary"][split][r["metric"]]
     common = [c for c in columns if all(c in cells for cells in rows.values())]
     for cells in rows.values():
         if common:
