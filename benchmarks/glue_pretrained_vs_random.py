@@ -5,9 +5,9 @@ tasks, then put both side by side with `unimask report`: what pretraining buys.
         --tasks sst2 mrpc stsb cola rte --out runs/glue_evidence --seeds 1 2 3
 
 Every task runs through `unimask finetune` with the same sweep for both models (`--lr`, `--seeds`,
-`--epochs`; `--max-train-examples` caps the big training sets, e.g. SST-2's 67k sentences, for a
-CPU budget). The two models run side by side, one thread each (`--parallel`, the default on a
-2-core machine), or one after the other.
+`--epochs`, `--pooling`; `--max-train-examples` caps the big training sets, e.g. SST-2's 67k
+sentences, for a CPU budget). The two models run side by side, one thread each (the default, for a
+2-core machine), or one after the other (`--one-by-one`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", default=["1", "2", "3"])
     ap.add_argument("--epochs", default="3")
     ap.add_argument("--max-train-examples", default="0")
+    ap.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="what the sentence head reads")
     ap.add_argument("--one-by-one", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
         return [[sys.executable, "-m", "unimask", "finetune", "--checkpoint", args.checkpoint, "--task", task,
                  "--data", str(Path(args.glue) / GLUE_DIRS[task]), "--out", str(out / kind / task),
                  "--name", kind, "--lr", *args.lr, "--seed", *args.seeds, "--epochs", args.epochs,
-                 "--max-train-examples", args.max_train_examples, "--quiet", *extra] for task in args.tasks]
+                 "--max-train-examples", args.max_train_examples, "--pooling", args.pooling, "--quiet", *extra]
+                for task in args.tasks]
 
     def run_all(kind: str) -> subprocess.Popen:
         script = " && ".join(" ".join(f"'{c}'" for c in cmd) for cmd in commands(kind))
@@ -62,7 +64,8 @@ def main() -> None:
     if failed:
         sys.exit(f"a fine-tuning run failed; see {out}/pretrained.log and {out}/random.log")
     print(f"# {args.checkpoint} vs random init, {len(args.tasks)} tasks, lr {' '.join(args.lr)}, "
-          f"seeds {' '.join(args.seeds)}, {args.epochs} epochs, {time.time() - started:.0f} s wall\n")
+          f"seeds {' '.join(args.seeds)}, {args.epochs} epochs, {args.pooling} pooling, "
+          f"{time.time() - started:.0f} s wall\n")
     subprocess.run([sys.executable, "-m", "unimask", "report", str(out / "pretrained"), str(out / "random"),
                     "--out", str(out / "report")], check=True)
 
