@@ -171,8 +171,9 @@ class ClassificationHead(nn.Module):
         if self.pooling == "cls":
             pooled = hidden[:, 0]                                                  # (B, D)
         else:
-            real = attention_mask[..., None].to(hidden.dtype)                      # (B, T, 1)
-            pooled = (hidden * real).sum(1) / real.sum(1)                          # (B, D)
+            real = attention_mask[..., None].float()                               # (B, T, 1)
+            # summed in float32: bf16 counts and sums lose precision past 256 tokens
+            pooled = ((hidden.float() * real).sum(1) / real.sum(1)).to(hidden.dtype)  # (B, D)
         return self.out(self.dropout(torch.tanh(self.dense(pooled))))
 
 
