@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from unimask import cli
 from unimask.bench import train_flops_per_token
 from unimask.config import sized
@@ -125,3 +127,5 @@ def test_bench_against_prints_both_engines_and_a_ratio(capsys):
     assert first["train_flops_per_token"] > second["train_flops_per_token"]   # PMLM's appended tokens
     assert ratio["ratio"] == "pmlm step / mlm step" and ratio["paired"] > 0
     assert abs(ratio["step_ms_median"] - first["step_ms_median"] / second["step_ms_median"]) < 0.01
+    flops = first["train_flops_per_token"] / second["train_flops_per_token"]   # same text tokens per step
+    assert ratio["flops"] == pytest.approx(flops, abs=1e-3) and ratio["flops"] > 1

@@ -420,6 +420,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"ratio": f"{args.objective} step / {args.against} step", "size": args.size,
                           "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
                           "step_ms_median": round(statistics.median(mine) / statistics.median(base), 3),
+                          # the same ratio in training FLOPs per step: what the arithmetic alone predicts
+                          "flops": round(engines[0].flops_per_token * engines[0].tokens_per_step
+                                         / (engines[1].flops_per_token * engines[1].tokens_per_step), 3),
                           "paired": round(statistics.median(a / b for a, b in zip(mine, base)), 3),
                           "cpu_ms_median": round(statistics.median(engines[0].cpu_times)
                                                  / statistics.median(engines[1].cpu_times), 3)}), flush=True)
