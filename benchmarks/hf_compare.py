@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from unimask import bench
+from unimask.train.malloc import keep_freed_memory_on
 from unimask.objectives import ObjectiveOutput
 
 
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="which engine runs the first block")
     args = p.parse_args(argv)
     bench.check_arguments(args)
-    kept = bench.keep_freed_memory() if args.keep_freed_memory else False
     import transformers
 
     info = bench.device_info(args.device)
+    kept = keep_freed_memory_on(info.device, args.keep_freed_memory)
     bench.wait_until_quiet(args.quiet_wait)
     bench.measure_peak_tflops(bench.DTYPES[args.dtype], info.device)
     ours = bench.build_engine("mlm", args.size, args.batch, args.seq, args.warmup + args.steps,

@@ -30,6 +30,7 @@ def test_bench_prints_one_sane_json_line(capsys):
     assert rec["step_ms_median"] > 0 and rec["step_ms_mean"] > 0
     assert rec["peak_rss_mb"] > 0 and rec["peak_tflops"] > 0 and rec["achieved_tflops"] > 0
     assert 0 < rec["mfu"] <= 1
+    assert rec["keep_freed_memory"] in (True, False)     # the trainer's default (True where glibc has mallopt)
 
     cfg = sized("tiny", vocab_size=1000)
     model = PretrainModel(Encoder(cfg), OBJECTIVES["mlm"](OBJECTIVES["mlm"].Config(), cfg, Vocab(size=1000)))
@@ -121,9 +122,10 @@ def test_bench_set_configures_the_objective(capsys):
 def test_bench_against_prints_both_engines_and_a_ratio(capsys):
     assert cli.main(["bench", "--objective", "pmlm", "--against", "mlm", "--size", "tiny", "--vocab", "1000",
                      "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "0", "--dtype", "fp32",
-                     "--device", "cpu", "--set", "model.relative_buckets=8"]) == 0
+                     "--device", "cpu", "--set", "model.relative_buckets=8", "--no-keep-freed-memory"]) == 0
     first, second, ratio = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
     assert (first["objective"], second["objective"]) == ("pmlm", "mlm") and first["steps"] == second["steps"] == 2
+    assert first["keep_freed_memory"] is second["keep_freed_memory"] is False
     assert first["train_flops_per_token"] > second["train_flops_per_token"]   # PMLM's appended tokens
     assert ratio["ratio"] == "pmlm step / mlm step" and ratio["paired"] > 0
     assert abs(ratio["step_ms_median"] - first["step_ms_median"] / second["step_ms_median"]) < 0.01

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .model import flops
+from .train.malloc import keep_freed_memory_on
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -100,29 +101,6 @@ def measure_peak_tflops(dtype: torch.dtype, device: torch.device, n: int | None 
     key = (str(device), dtype)
     _PEAK[key] = max(_PEAK.get(key, 0.0), 2 * n ** 3 / best / 1e12)
     return _PEAK[key]
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory in the process instead of returning it to the kernel.
-
-    PyTorch's CPU allocator is plain malloc: every step allocates and frees the same activations,
-    casts and gradients, and glibc serves blocks above its mmap threshold (and heap tops above its
-    trim threshold) with fresh pages, so each step pays a page fault per 4 KiB touched; in a VM
-    that is about 1 us a page (~180k faults, ~0.2 s per BERT-base step of 1.4 s here). Setting
-    M_MMAP_MAX = 0 (every block from the heap) and M_TRIM_THRESHOLD = 2 GiB (never shrink it) keeps
-    the pages mapped from one step to the next. The peak RSS is unchanged; memory is not returned
-    after the peak. Returns False where this is not glibc. A process-wide setting: opt-in here
-    (`--keep-freed-memory`), and only meaningful if the trainer does the same.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def synchronize(device: torch.device) -> None:
@@ -355,8 +333,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", type=int, default=30522, help="vocabulary size")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="glibc: keep freed memory mapped (no page faults on reuse); see keep_freed_memory")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="on the CPU, glibc keeps freed memory mapped (no page faults on reuse) as the trainer "
+                        "does by default (train.keep_freed_memory; see train/malloc.py)")
     p.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
                    help="before each timed block, wait up to SECONDS until other processes leave the CPUs "
                         "idle (shared machines; 0: never wait)")
@@ -389,8 +368,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    kept = keep_freed_memory() if args.keep_freed_memory else False
     info = device_info(args.device)
+    kept = keep_freed_memory_on(info.device, args.keep_freed_memory)
     wait_until_quiet(args.quiet_wait)
     measure_peak_tflops(DTYPES[args.dtype], info.device)
     engine = build_engine(args.objective, args.size, args.batch, args.seq, args.warmup + args.steps,
@@ -410,8 +389,7 @@ def run(args: argparse.Namespace) -> int:
     for e, name in zip(engines, [args.objective, args.against]):
         rec = e.report(args.dtype, peak, rss)
         del rec["engine"]
-        if args.keep_freed_memory:
-            rec["keep_freed_memory"] = kept
+        rec["keep_freed_memory"] = kept
         if args.quiet_wait > 0:
             rec["quiet_steps"] = rounds["quiet_rounds"]
         print(json.dumps({"objective": name, "size": args.size, **(extra if e is engine else {}), **rec}), flush=True)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig
 from ..train.loop import autocast_for
+from ..train.malloc import keep_freed_memory_on
 from ..train.optim import build_scheduler
 from .base import SpecialIds, Task, collate
 
@@ -173,6 +174,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
                  lr: float, seed: int, progress: bool = True) -> tuple[RunResult, dict[str, Tensor]]:
     """One run; returns its result and the state dict of its best evaluation (encoder.* and head.*)."""
     device = _device(cfg.device)
+    keep_freed_memory_on(device)                      # as the trainer: no page faults at every CPU step
     autocast = autocast_for(cfg.precision, device)
     special = SpecialIds.of(pretrained.tokenizer)
     encoder = pretrained.build(seed, cfg.encoder_dropout).to(device).train()

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from ..errors import UserError
+from .malloc import keep_freed_memory_on
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
+    keep_freed_memory: bool = True       # CPU: glibc keeps freed pages mapped, no page faults each step (train/malloc.py)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -201,6 +203,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
 
     info = parallel.init_distributed(cfg.train.device)
     tcfg = cfg.train
+    keep_freed_memory_on(info.device, tcfg.keep_freed_memory)
     run_dir = Path(run_dir)
     try:
         # ---- data and run directory ---------------------------------------------------------
