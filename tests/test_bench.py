@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from unimask import cli
 from unimask.bench import train_flops_per_token
 from unimask.config import sized
 from unimask.model.encoder import Encoder
 from unimask.objectives import OBJECTIVES, PretrainModel, Vocab
+from unimask.train.malloc import keep_freed_memory_on
 
 KEYS = {"objective", "size", "batch", "seq", "dtype", "tokens_per_s", "tokens_per_s_mean", "step_ms_median",
         "step_ms_mean", "peak_rss_mb", "params", "params_non_embedding", "train_flops_per_token",
@@ -30,7 +32,7 @@ def test_bench_prints_one_sane_json_line(capsys):
     assert rec["step_ms_median"] > 0 and rec["step_ms_mean"] > 0
     assert rec["peak_rss_mb"] > 0 and rec["peak_tflops"] > 0 and rec["achieved_tflops"] > 0
     assert 0 < rec["mfu"] <= 1
-    assert rec["keep_freed_memory"] in (True, False)     # the trainer's default (True where glibc has mallopt)
+    assert rec["keep_freed_memory"] is keep_freed_memory_on(torch.device("cpu"))   # on by default, as the trainer
 
     cfg = sized("tiny", vocab_size=1000)
     model = PretrainModel(Encoder(cfg), OBJECTIVES["mlm"](OBJECTIVES["mlm"].Config(), cfg, Vocab(size=1000)))
