@@ -112,6 +112,11 @@ def test_user_files(tmp_path: Path, suffix: str) -> None:
         user_task("classify", str(path), str(path), "text", "y")
     with pytest.raises(UserError, match="not a number"):
         user_task("regress", str(path), str(path), "review", "y").examples("dev")
+    header_only = tmp_path / f"header{suffix}"
+    if suffix != ".jsonl":       # a JSONL file has no header line: without rows it is simply empty
+        header_only.write_text(path.read_text().splitlines()[0] + "\n")
+        with pytest.raises(UserError, match="no data rows under its header"):
+            user_task("classify", str(header_only), str(path), "review", "y").examples("train")
 
 
 def test_layer_wise_lr_decay(checkpoint: Path) -> None:
@@ -288,6 +293,11 @@ def test_cli_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| pretrained |") + out.count("\n| scratch |") == 2 and (tmp_path / "r.json").is_file()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\n")
+    bad_args = [a if a != str(task_dir / "train.tsv") else str(bad) for a in common]
+    assert main([*bad_args, "--out", str(tmp_path / "d")]) == 2
+    assert "no data rows" in capsys.readouterr().err and not (tmp_path / "d").exists()   # bad input: no run directory
     assert main(["finetune", "--checkpoint", str(checkpoint), "--task", "rte"]) == 2
     assert "--task rte needs --data" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2

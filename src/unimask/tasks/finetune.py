@@ -287,7 +287,6 @@ def _write_atomic(directory: Path, files: dict[str, Callable[[Path], None]]) -> 
 
 def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, progress: bool = True) -> dict:
     """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/."""
-    out.mkdir(parents=True, exist_ok=True)
     special = SpecialIds.of(pretrained.tokenizer)
     train_examples = task.examples("train")
     if cfg.max_train_examples:
@@ -298,6 +297,7 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
         data[split] = (examples, task.featurize(examples, pretrained.tokenizer, special, cfg.max_length))
     if not data["train"][1]:
         raise UserError(f"task {task.name}: no training features; check the training file")
+    out.mkdir(parents=True, exist_ok=True)     # only once the data has loaded: bad input leaves no directory
     runs, best_value = [], -math.inf
     for lr in cfg.lrs:
         for seed in cfg.seeds:

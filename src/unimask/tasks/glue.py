@@ -138,6 +138,8 @@ def read_table(path: str | Path, table: TableSpec, regression: bool) -> list[Exa
         else:
             label = str(label).strip()
         examples.append(Example(str(text), None if pair is None else str(pair), label))
+    if not rows:
+        raise UserError(f"{path} has no data rows{' under its header' if header else ''}; add labelled examples")
     if not examples:
         raise UserError(f"{path} has no usable rows (every row has fewer than {need + 1} columns)")
     if skipped > len(rows) // 10:
