@@ -128,6 +128,11 @@ def test_errors_are_one_line_and_helpful():
     assert "steps must be at least 1" in msg
     msg = one_line_error(["objective.mask_prob=1.5"])
     assert "mask_prob" in msg
+    for bad, named in [("model.hidden_size=-4", "hidden_size"), ("model.num_layers=0", "num_layers"),
+                       ("model.dropout=1.5", "dropout"), ("model.pad_token_id=-1", "pad_token_id"),
+                       ("model.layer_norm_eps=0", "layer_norm_eps"), ("model.relative_buckets=-2", "relative_buckets")]:
+        msg = one_line_error([bad])                                 # the encoder's sizes and rates are checked too
+        assert named in msg and "\n" not in msg, bad
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

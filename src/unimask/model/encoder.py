@@ -46,6 +46,17 @@ class EncoderConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)}")
+        if self.type_vocab_size < 0 or self.relative_buckets < 0:
+            raise ValueError("type_vocab_size and relative_buckets must be >= 0 (0 turns them off)")
+        if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
+            raise ValueError("dropout and attention_dropout must be in [0, 1)")
+        if self.layer_norm_eps <= 0 or self.initializer_range <= 0 or self.relative_max_distance <= 0:
+            raise ValueError("layer_norm_eps, initializer_range and relative_max_distance must be > 0")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if not self.absolute_positions and self.relative_buckets <= 0:
