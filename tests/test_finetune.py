@@ -293,6 +293,9 @@ def test_cli_and_report(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| pretrained |") + out.count("\n| scratch |") == 2 and (tmp_path / "r.json").is_file()
+    from_finetuned = [a if a != str(checkpoint) else str(tmp_path / "a" / "best") for a in common]
+    assert main([*from_finetuned, "--out", str(tmp_path / "e")]) == 2          # a fine-tuned model is no start
+    assert "output of `unimask finetune`" in capsys.readouterr().err and not (tmp_path / "e").exists()
     bad = tmp_path / "bad.tsv"
     bad.write_text("text\tlabel\n")
     bad_args = [a if a != str(task_dir / "train.tsv") else str(bad) for a in common]

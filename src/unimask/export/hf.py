@@ -303,6 +303,9 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def _read_config(checkpoint: Path) -> dict:
     path = checkpoint / "config.json"
+    if not path.is_file() and (checkpoint / "finetune.json").is_file():
+        raise UserError(f"{checkpoint} is the output of `unimask finetune`, not a pretraining checkpoint; "
+                        "pass the pretraining run it started from")
     if not path.is_file():
         raise UserError(f"{checkpoint} has model.safetensors but no config.json; it is not a unimask checkpoint")
     try:
