@@ -131,6 +131,10 @@ def test_run_dir_with_checkpoints_is_protected(kjv_data, tmp_path):
     other.model.hidden_size, other.model.intermediate_size = 64, 128
     with pytest.raises(UserError, match="another model.*hidden_size"):
         train(other, tmp_path / "run", resume=True, progress=False)
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(UserError, match="train.steps=1 is below .*step 2"):      # a shorter run would re-save
+        train(tiny_run_config(kjv_data, steps=1), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.json").read_text() == saved
     before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert before == ["step_00000002"]
 

@@ -217,6 +217,10 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                             f"or choose another --out")
         if existing is not None:
             _check_same_model(config_mod.from_dict(ckpt_mod.load_config(existing)), cfg, existing)
+            saved_step = ckpt_mod.read_meta(existing)["step"]
+            if tcfg.steps < saved_step:       # before config.json is rewritten: the run stays as it was
+                raise UserError(f"train.steps={tcfg.steps} is below {existing}'s step {saved_step}; "
+                                f"set train.steps to at least {saved_step} to continue that run")
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
