@@ -253,6 +253,10 @@ def test_random_init_and_hf_directory(checkpoint: Path, tmp_path: Path) -> None:
     assert pre.heads["lm"].keys() == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
     assert all(torch.equal(v, saved[f"objective.head.{k}"]) for k, v in pre.heads["lm"].items())
     assert from_hf.heads == {}
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf_config, "pad_token_id": None}))
+    with pytest.raises(UserError, match="config.json does not describe a usable BERT"):   # a hand-edited config
+        load_pretrained(tmp_path / "hf")
     random = load_pretrained(checkpoint, random_init=True)
     assert random.state is None and random.name.endswith("(random init)") and random.heads == {}
     a, b = random.build(3).state_dict(), random.build(3).state_dict()

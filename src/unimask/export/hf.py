@@ -385,7 +385,10 @@ def load_hf_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig, Tokenizer
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{path}/config.json uses {config['position_embedding_type']} position embeddings; "
                         "unimask loads BERT with absolute positions only")
-    cfg = EncoderConfig(**{ours: config[theirs] for theirs, ours in BERT_TO_ENCODER_CONFIG.items() if theirs in config})
+    try:
+        cfg = EncoderConfig(**{ours: config[theirs] for theirs, ours in BERT_TO_ENCODER_CONFIG.items() if theirs in config})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}/config.json does not describe a usable BERT ({e}); fix the value or re-export") from None
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{path} has no model.safetensors; save the model with safe_serialization=True "
