@@ -110,7 +110,7 @@ def test_user_files(tmp_path: Path, suffix: str) -> None:
     assert [e.label for e in reg.examples("dev")] == [4.5, 1.0, 3.0]
     with pytest.raises(UserError, match="no column 'text'"):
         user_task("classify", str(path), str(path), "text", "y")
-    with pytest.raises(UserError, match="not a number"):
+    with pytest.raises(UserError, match="not a finite number"):
         user_task("regress", str(path), str(path), "review", "y").examples("dev")
     header_only = tmp_path / f"header{suffix}"
     if suffix != ".jsonl":       # a JSONL file has no header line: without rows it is simply empty
@@ -330,8 +330,10 @@ def test_mnli_and_qqp_layouts(tmp_path: Path) -> None:
         f"{i}\t{2 * i}\t{2 * i + 1}\tHow do I {i}?\tWhat is {i}?\t{i % 2}\n" for i in range(20)) + "broken\trow\n"
     for name in ("train.tsv", "dev.tsv"):
         (qqp / name).write_text(text)
-    task = glue_task("qqp", qqp)
-    assert len(task.examples("dev")) == 20 and task.metric == "f1"   # the malformed row is skipped
+    with pytest.raises(UserError, match=r"dev.tsv line 22: 2 fields where the header has 6 .*--skip-bad-rows"):
+        glue_task("qqp", qqp).examples("dev")                        # a malformed row is named, not dropped
+    task = glue_task("qqp", qqp, skip_bad_rows=True)
+    assert len(task.examples("dev")) == 20 and task.metric == "f1"   # ... or dropped when asked, and counted
 
 
 def test_squad_end_to_end_on_xquad_split_by_article(checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -486,3 +486,15 @@ def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_pat
     assert main(["generate", "--checkpoint", str(out), "--input", str(tmp_path / "src-test.txt"),
                  "--references", str(tmp_path / "tgt-dev.txt")]) == 2
     assert "line-aligned" in capsys.readouterr().err
+
+
+def test_lengths_past_the_positions_are_refused_before_the_output_exists(checkpoint: Path, tmp_path: Path, capsys):
+    """Issue 15: source + target beyond the model's positions (64 here) is an error before --out is made."""
+    (tmp_path / "d.jsonl").write_text('{"src": "a b", "tgt": "c"}\n')
+    out = tmp_path / "ft"
+    code = main(["finetune", "--checkpoint", str(checkpoint), "--task", "seq2seq", "--train", str(tmp_path / "d.jsonl"),
+                 "--dev", str(tmp_path / "d.jsonl"), "--out", str(out), "--max-length", "64",
+                 "--max-source-length", "48", "--max-target-length", "24", "--quiet"])
+    assert code == 2
+    assert "source (48) plus target (24) tokens exceed the model's 64 positions" in capsys.readouterr().err
+    assert not out.exists()

@@ -13,7 +13,6 @@ one number or one fixed-length list per feature and is stacked as is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -21,22 +20,6 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from ..model.encoder import Encoder
-
-
-def read_text(path: str | Path, what: str = "data file") -> str:
-    """A task's input file as text (a UTF-8 BOM dropped), or a one-line UserError when it is
-    missing, not UTF-8 or empty."""
-    from ..errors import UserError
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; pass an existing file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8") from None
-    if not text.strip():
-        raise UserError(f"{what} {path} is empty; pass a file with examples")
-    return text
 
 
 @dataclass(frozen=True)
@@ -71,6 +54,10 @@ class Task:
         """Task settings saved with the fine-tuned weights (best/finetune.json "task_options"), for tools
         that use the model afterwards (`unimask generate` reads the seq2seq lengths and decoding)."""
         return {}
+
+    def check_model(self, config: Any, max_length: int) -> None:
+        """Raise a UserError when the task cannot run on a model of this EncoderConfig with inputs of
+        `max_length` tokens; called before anything is written."""
 
     def examples(self, split: str) -> list[Any]:
         """The examples of `split` ("train" or one of `eval_splits`)."""

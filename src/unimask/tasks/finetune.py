@@ -288,6 +288,7 @@ def _write_atomic(directory: Path, files: dict[str, Callable[[Path], None]]) -> 
 def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, progress: bool = True) -> dict:
     """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/."""
     special = SpecialIds.of(pretrained.tokenizer)
+    task.check_model(pretrained.config, cfg.max_length)
     train_examples = task.examples("train")
     if cfg.max_train_examples:
         train_examples = train_examples[:cfg.max_train_examples]
@@ -331,7 +332,7 @@ def _glue(name: str) -> Callable[[argparse.Namespace], Task]:
         from .glue import GLUE_DIRS, glue_task
         if not args.data:
             raise UserError(f"--task {name} needs --data, the task's GLUE folder (e.g. glue/{GLUE_DIRS[name]})")
-        return glue_task(name, args.data, args.pooling)
+        return glue_task(name, args.data, args.pooling, args.skip_bad_rows)
     return build
 
 
@@ -344,7 +345,7 @@ def _user(kind: str) -> Callable[[argparse.Namespace], Task]:
         if missing:
             raise UserError(f"--task {kind} needs {', '.join(missing)}")
         return user_task(kind, args.train, args.dev, args.text_column, args.label_column, args.text_pair_column,
-                         args.labels.split(",") if args.labels else None, args.pooling)
+                         args.labels.split(",") if args.labels else None, args.pooling, args.skip_bad_rows)
     return build
 
 
@@ -353,7 +354,8 @@ def _squad(args: argparse.Namespace) -> Task:
     if not (args.train and args.dev):
         raise UserError("--task squad needs --train and --dev, SQuAD v1.1 or v2.0 JSON files")
     return SquadTask(train=args.train, dev=args.dev, doc_stride=args.doc_stride,
-                     max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
+                     max_answer_length=args.max_answer_length, null_threshold=args.null_threshold,
+                     skip_bad_rows=args.skip_bad_rows)
 
 
 def _seq2seq(args: argparse.Namespace) -> Task:
@@ -377,7 +379,8 @@ def _seq2seq(args: argparse.Namespace) -> Task:
     return Seq2SeqTask(split("train"), split("dev"), target_mask_prob=args.target_mask_prob,
                        pseudo_keep_prob=args.pseudo_keep_prob, pseudo_random_prob=args.pseudo_random_prob,
                        max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                       generation=generation, max_eval_examples=args.max_eval_examples)
+                       generation=generation, max_eval_examples=args.max_eval_examples,
+                       skip_bad_rows=args.skip_bad_rows)
 
 
 TASKS: dict[str, Callable[[argparse.Namespace], Task]] = {
@@ -403,6 +406,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-pair-column", help="classify / regress: the second text of a pair, if any")
     p.add_argument("--label-column", help="classify / regress: the label column")
     p.add_argument("--labels", help="classify: comma-separated class names (default: those in the training file)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="drop (and count in a warning) rows with a missing, null or invalid value, instead of "
+                        "refusing the file")
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
                    help="GLUE / classify / regress: the head reads [CLS]'s hidden state (BERT) or the mean over real tokens")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")

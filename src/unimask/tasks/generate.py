@@ -24,7 +24,8 @@ from ..model.encoder import Encoder, EncoderConfig
 from .base import SpecialIds
 from .decoding import GenerationConfig, generate
 from .metrics import generation_scores, meteor_unavailable
-from .seq2seq import _read_lines, decode_texts, decoder_ids, featurize_sources, read_jsonl, tied_head
+from .records import read_lines
+from .seq2seq import decode_texts, decoder_ids, featurize_sources, read_jsonl, tied_head
 
 
 def find_best(path: str | Path) -> Path:
@@ -97,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
         records = read_jsonl(path, target_required=False)
         sources, jsonl_refs = [r.source for r in records], [r.target for r in records]
     else:
-        sources, jsonl_refs = [line.strip() for line in _read_lines(path, "input file")], []
+        sources, jsonl_refs = [line.strip() for line in read_lines(path, "input file")], []
     references = None
     if args.references:
-        references = [line.strip() for line in _read_lines(args.references, "references file")]
+        references = [line.strip() for line in read_lines(args.references, "references file")]
         if len(references) != len(sources):
             raise UserError(f"--references has {len(references)} lines but --input has {len(sources)}; "
                             "they must be line-aligned")

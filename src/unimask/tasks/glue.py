@@ -11,9 +11,6 @@ for classification, mean squared error for regression (one output).
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +21,8 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from ..errors import UserError
-from . import metrics
-from .base import SpecialIds, Task, read_text
-
-csv.field_size_limit(sys.maxsize)
+from . import metrics, records
+from .base import SpecialIds, Task
 
 
 @dataclass(frozen=True)
@@ -82,69 +77,43 @@ GLUE_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "
              "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 
 
-def _column(header: list[str] | None, key: str | int, path: Path) -> int:
-    if isinstance(key, int):
-        return key
-    if header is None or key not in header:
-        raise UserError(f"{path} has no column {key!r} (columns: {', '.join(header or [])}); "
-                        "name an existing column")
-    return header.index(key)
-
-
-def _read_rows(path: Path, header: bool) -> tuple[list[str] | None, list[list[str]]]:
-    """Rows of a TSV / CSV file or dicts of a JSONL file as lists (JSONL: header = the first row's keys)."""
-    text = read_text(path)
-    if path.suffix in (".jsonl", ".json"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {n} is not JSON ({e}); write one JSON object per line") from None
-        if not all(isinstance(r, dict) for r in records):
-            raise UserError(f"{path} must hold one JSON object per line")
-        names = list(records[0])
-        return names, [[r.get(k) for k in names] for r in records]
-    if path.suffix == ".csv":
-        rows = list(csv.reader(text.splitlines()))
-    else:   # GLUE convention: tab-separated, no quoting (quotes are part of the text)
-        rows = [line.split("\t") for line in text.splitlines()]
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if header:
-        return [c.strip() for c in rows[0]], rows[1:]
-    return None, rows
-
-
-def read_table(path: str | Path, table: TableSpec, regression: bool) -> list[Example]:
-    """Examples from a TSV/CSV/JSONL file; rows with too few columns are skipped (QQP has a few)."""
-    path = Path(path).expanduser()
-    header, rows = _read_rows(path, table.header)
-    cols = [_column(header, table.text, path), _column(header, table.label, path),
-            None if table.pair is None else _column(header, table.pair, path)]
-    need = max(c for c in cols if c is not None)
-    examples, skipped = [], 0
-    for row in rows:
-        if len(row) <= need:
-            skipped += 1
+def read_examples(path: str | Path, table: TableSpec, regression: bool, skip_bad_rows: bool = False) -> list[Example]:
+    """Examples from a TSV/CSV/JSONL file (tasks/records.py's rules). A row with a missing, null or
+    empty text or label, a label that is not a finite number for regression, or (TSV/CSV) more or
+    fewer fields than the header is refused with a one-line error, or skipped and counted in a
+    warning with `skip_bad_rows`."""
+    data = records.read_table(path, table.header)
+    path = data.path
+    if not data.records:
+        raise UserError(f"{path} has no data rows{' under its header' if table.header else ''}; add labelled examples")
+    fields = {"text": data.column(table.text), "label": data.column(table.label)}
+    if table.pair is not None:
+        fields["pair"] = data.column(table.pair)
+    names = {"text": table.text, "label": table.label, "pair": table.pair}
+    width = data.width()
+    if width is not None and max(fields.values()) >= width:
+        raise UserError(f"{path}: column {max(fields.values())} does not exist in rows of {width} fields; "
+                        "check the file format (TSV, CSV or JSONL)")
+    bad = records.BadRows(path, skip_bad_rows)
+    examples = []
+    for line, row in data.records:
+        if width is not None and len(row) != width:
+            bad.add(f"line {line}", f"{len(row)} fields where {'the header has' if data.header else 'the first row has'} "
+                                    f"{width} (a stray tab or comma?)")
             continue
-        text, label = row[cols[0]], row[cols[1]]
-        pair = None if cols[2] is None else row[cols[2]]
-        if regression:
-            try:
-                label = float(label)
-            except (TypeError, ValueError):
-                raise UserError(f"{path}: label {label!r} is not a number; a regression task needs numeric labels") from None
-        else:
-            label = str(label).strip()
-        examples.append(Example(str(text), None if pair is None else str(pair), label))
-    if not rows:
-        raise UserError(f"{path} has no data rows{' under its header' if header else ''}; add labelled examples")
-    if not examples:
-        raise UserError(f"{path} has no usable rows (every row has fewer than {need + 1} columns)")
-    if skipped > len(rows) // 10:
-        raise UserError(f"{path}: {skipped} of {len(rows)} rows have fewer than {need + 1} columns; "
-                        "check the file format (TSV, CSV or JSONL) and the column names")
+        raw = {key: data.value(row, column) for key, column in fields.items()}
+        values = {key: records.as_text(raw[key]) for key in ("text", "pair") if key in raw}
+        values["label"] = records.as_number(raw["label"]) if regression else records.as_label(raw["label"])
+        wrong = [key for key, v in values.items() if v is None]
+        if wrong:
+            key = wrong[0]
+            problem = records.describe(raw[key], str(names[key]))
+            if key == "label" and regression and records.as_label(raw[key]) is not None:
+                problem += ", not a finite number (a regression task needs numeric labels)"
+            bad.add(f"line {line}", problem)
+            continue
+        examples.append(Example(values["text"], values.get("pair"), values["label"]))
+    bad.close(len(data.records))
     return examples
 
 
@@ -184,11 +153,15 @@ class SentenceTask(Task):
 
     def __init__(self, name: str, files: dict[str, Path], table: TableSpec, labels: tuple[str, ...] | None,
                  metric: str, scorers: tuple[str, ...], eval_splits: tuple[str, ...] = ("dev",),
-                 pooling: str = "cls") -> None:
+                 pooling: str = "cls", skip_bad_rows: bool = False) -> None:
+        """`skip_bad_rows`: drop (and count in a warning) rows with a missing or invalid value
+        instead of refusing the file (see `read_examples`)."""
         if pooling not in POOLINGS:
             raise UserError(f"--pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.name, self.files, self.table, self.metric = name, files, table, metric
         self.labels, self.scorers, self.eval_splits, self.pooling = labels, scorers, eval_splits, pooling
+        self.skip_bad_rows = skip_bad_rows
+        self.labels_from: str | None = None     # the split whose classes became `labels`, if inferred
         self._cache: dict[str, list[Example]] = {}
 
     @property
@@ -199,14 +172,25 @@ class SentenceTask(Task):
         if split not in self._cache:
             if split not in self.files:
                 raise UserError(f"task {self.name} has no {split} file; pass one")
-            examples = read_table(self.files[split], self.table, self.regression)
-            if self.labels is not None:
-                unknown = sorted({e.label for e in examples} - set(self.labels))
-                if unknown:
-                    raise UserError(f"{self.files[split]} has labels {unknown[:5]} that are not among "
-                                    f"{list(self.labels)}; check the label column")
-            self._cache[split] = examples
+            examples = read_examples(self.files[split], self.table, self.regression, self.skip_bad_rows)
+            self._cache[split] = self._check_labels(split, examples)
         return self._cache[split]
+
+    def _check_labels(self, split: str, examples: list[Example]) -> list[Example]:
+        if self.labels is not None:
+            unknown = sorted({e.label for e in examples} - set(self.labels))
+            if unknown:
+                origin = (f"the classes of {self.files[self.labels_from]}; pass --labels to name every class"
+                          if self.labels_from and self.labels_from != split else "check the label column")
+                raise UserError(f"{self.files[split]} has labels {unknown[:5]} that are not among "
+                                f"{list(self.labels)} ({origin})")
+        return examples
+
+    def infer_labels(self, split: str) -> None:
+        """Take the sorted classes of `split`'s file as the label set (read once, kept)."""
+        examples = read_examples(self.files[split], self.table, regression=False, skip_bad_rows=self.skip_bad_rows)
+        self.labels, self.labels_from = tuple(sorted({e.label for e in examples})), split
+        self._cache[split] = examples
 
     def options(self) -> dict[str, Any]:
         return {"pooling": self.pooling}
@@ -257,7 +241,7 @@ class SentenceTask(Task):
         return {name: SCORERS[name](gold, pred) for name in self.scorers}
 
 
-def glue_task(name: str, data: str | Path, pooling: str = "cls") -> SentenceTask:
+def glue_task(name: str, data: str | Path, pooling: str = "cls", skip_bad_rows: bool = False) -> SentenceTask:
     """A GLUE task reading `data`/train.tsv and its dev files (the GLUE download script's layout)."""
     spec = GLUE[name]
     root = Path(data).expanduser()
@@ -268,11 +252,13 @@ def glue_task(name: str, data: str | Path, pooling: str = "cls") -> SentenceTask
     if missing:
         raise UserError(f"{root} has no {', '.join(missing)}; pass the task's GLUE folder "
                         f"(e.g. glue/{GLUE_DIRS[name]}) with train.tsv and {', '.join(f'{s}.tsv' for s in spec.eval_splits)}")
-    return SentenceTask(name, files, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling)
+    return SentenceTask(name, files, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling,
+                        skip_bad_rows)
 
 
 def user_task(kind: str, train: str | None, dev: str, text_column: str, label_column: str,
-              pair_column: str | None = None, labels: list[str] | None = None, pooling: str = "cls") -> SentenceTask:
+              pair_column: str | None = None, labels: list[str] | None = None, pooling: str = "cls",
+              skip_bad_rows: bool = False) -> SentenceTask:
     """`--task classify|regress` on the user's TSV/CSV/JSONL files (columns named in the header).
 
     Class names come from `labels` or, sorted, from the training file (else the dev file).
@@ -282,11 +268,17 @@ def user_task(kind: str, train: str | None, dev: str, text_column: str, label_co
     if train:
         files["train"] = Path(train).expanduser()
     if kind == "regress":
-        return SentenceTask("regress", files, table, None, "pearson", ("pearson", "spearman"), pooling=pooling)
+        return SentenceTask("regress", files, table, None, "pearson", ("pearson", "spearman"), pooling=pooling,
+                            skip_bad_rows=skip_bad_rows)
+    if labels is not None:
+        labels = [label.strip() for label in labels]
+        if len(set(labels)) != len(labels) or not all(labels):
+            raise UserError(f"--labels {','.join(labels)} names a class twice or an empty class; list each once")
+    task = SentenceTask("classify", files, table, tuple(labels or ()), "accuracy", ("accuracy",), pooling=pooling,
+                        skip_bad_rows=skip_bad_rows)
     if labels is None:
-        source = files.get("train", files["dev"])
-        labels = sorted({e.label for e in read_table(source, table, regression=False)})
-    if len(labels) < 2:
-        raise UserError(f"classification needs at least two labels; {labels} found in column {label_column!r}")
-    scorers = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
-    return SentenceTask("classify", files, table, tuple(labels), "accuracy", scorers, pooling=pooling)
+        task.infer_labels("train" if "train" in files else "dev")
+    if len(task.labels) < 2:
+        raise UserError(f"classification needs at least two labels; {list(task.labels)} found in column {label_column!r}")
+    task.scorers = ("accuracy", "f1") if len(task.labels) == 2 else ("accuracy",)
+    return task

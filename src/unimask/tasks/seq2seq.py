@@ -30,7 +30,6 @@ split of Du et al. 2017: src-dev.txt / tgt-dev.txt) or a JSONL file with "src" a
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,8 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..model.heads import LMHead
-from .base import SpecialIds, Task, read_text
+from .base import SpecialIds, Task
+from .records import MISSING, BadRows, describe, read_lines, read_table
 from .decoding import GenerationConfig, Seq2SeqIds, generate
 from .metrics import generation_scores, meteor_unavailable
 
@@ -55,42 +55,53 @@ class Seq2SeqExample:
 
 
 
-def _read_lines(path: str | Path, what: str) -> list[str]:
-    return read_text(path, what).splitlines()
-
-
-def read_pairs(source: str | Path, target: str | Path) -> list[Seq2SeqExample]:
-    """Examples from line-aligned source and target text files (line i of one pairs with line i of the other)."""
-    sources, targets = _read_lines(source, "source file"), _read_lines(target, "target file")
+def read_pairs(source: str | Path, target: str | Path, skip_bad_rows: bool = False) -> list[Seq2SeqExample]:
+    """Examples from line-aligned source and target text files: line i of one pairs with line i of the
+    other, lines split at "\\n" only (tasks/records.py). A pair with a blank side is refused, or
+    skipped and counted with `skip_bad_rows`."""
+    sources, targets = read_lines(source, "source file"), read_lines(target, "target file")
     if len(sources) != len(targets):
         raise UserError(f"{source} has {len(sources)} lines but {target} has {len(targets)}; "
                         "source and target files must be line-aligned")
-    return [Seq2SeqExample(s.strip(), t.strip()) for s, t in zip(sources, targets)]
-
-
-def read_jsonl(path: str | Path, target_required: bool = True) -> list[Seq2SeqExample]:
-    """Examples from a JSONL file of {"src": ..., "tgt": ...} objects ("tgt" optional if not required)."""
+    bad = BadRows(Path(target).expanduser(), skip_bad_rows)
     examples = []
-    for n, line in enumerate(_read_lines(path, "JSONL file"), 1):
-        if not line.strip():
+    for n, (s, t) in enumerate(zip(sources, targets), 1):
+        if not (s.strip() and t.strip()):
+            bad.add(f"line {n}", f"the {'source' if not s.strip() else 'target'} is blank "
+                                 f"(line {n} of {source if not s.strip() else target})")
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n} is not JSON ({e}); write one JSON object per line") from None
-        keys = ("src", "tgt") if target_required else ("src",)
-        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in keys):
-            raise UserError(f"{path} line {n} needs the string key(s) {' and '.join(keys)}, "
-                            'e.g. {"src": "a sentence", "tgt": "a question ?"}')
-        examples.append(Seq2SeqExample(record["src"].strip(), str(record.get("tgt", "")).strip()))
+        examples.append(Seq2SeqExample(s.strip(), t.strip()))
+    bad.close(len(sources), "pairs")
     return examples
 
 
-def read_split(files: Any) -> list[Seq2SeqExample]:
+def read_jsonl(path: str | Path, target_required: bool = True, skip_bad_rows: bool = False) -> list[Seq2SeqExample]:
+    """Examples from a JSONL file of {"src": ..., "tgt": ...} objects ("tgt" optional if not required).
+    A record whose "src" (or required "tgt") is missing, null, blank or not a string is refused, or
+    skipped and counted with `skip_bad_rows`; without `target_required` (generation inputs, which
+    must stay aligned with the outputs) only a missing "tgt" is allowed."""
+    table = read_table(path)
+    keys = ("src", "tgt") if target_required else ("src",)
+    bad = BadRows(table.path, skip_bad_rows)
+    examples = []
+    for n, record in table.records:
+        wrong = [k for k in keys if not (isinstance(record.get(k), str) and record[k].strip())]
+        if record.get("tgt") is not None and not isinstance(record["tgt"], str) and "tgt" not in wrong:
+            wrong.append("tgt")
+        if wrong:
+            bad.add(f"line {n}", describe(record.get(wrong[0], MISSING), wrong[0])
+                    + ' (each line needs string keys ' + " and ".join(keys) + ', e.g. {"src": "a sentence", "tgt": "a question ?"})')
+            continue
+        examples.append(Seq2SeqExample(record["src"].strip(), (record.get("tgt") or "").strip()))
+    bad.close(len(table.records))
+    return examples
+
+
+def read_split(files: Any, skip_bad_rows: bool = False) -> list[Seq2SeqExample]:
     """A JSONL path, or a (source, target) pair of line-aligned text files."""
     if isinstance(files, (tuple, list)):
-        return read_pairs(*files)
-    return read_jsonl(files)
+        return read_pairs(*files, skip_bad_rows=skip_bad_rows)
+    return read_jsonl(files, skip_bad_rows=skip_bad_rows)
 
 
 # ---- the training layout (pure functions) -----------------------------------------------------------
@@ -215,12 +226,14 @@ class Seq2SeqTask(Task):
     def __init__(self, train: Any = None, dev: Any = None, *, target_mask_prob: float = 0.7,
                  pseudo_keep_prob: float = 0.1, pseudo_random_prob: float = 0.1,
                  max_source_length: int = 0, max_target_length: int = 48,
-                 generation: GenerationConfig | None = None, max_eval_examples: int = 0) -> None:
+                 generation: GenerationConfig | None = None, max_eval_examples: int = 0,
+                 skip_bad_rows: bool = False) -> None:
         """`train` / `dev`: a JSONL file or a (source, target) pair of text files; `max_source_length`:
         tokens of [CLS] source [SEP] (0: the fine-tuning max_length minus `max_target_length`);
         `max_target_length`: tokens of target [SEP]; `generation`: the dev split's decoding;
         `max_eval_examples`: decode only the first N dev examples (0: all); `target_mask_prob`,
-        `pseudo_keep_prob`, `pseudo_random_prob`: the target corruption (module docstring)."""
+        `pseudo_keep_prob`, `pseudo_random_prob`: the target corruption (module docstring);
+        `skip_bad_rows`: drop (and count) pairs with a blank or missing side instead of refusing them."""
         if not 0 <= target_mask_prob <= 1:
             raise UserError(f"target_mask_prob must be in [0, 1], not {target_mask_prob}")
         if min(pseudo_keep_prob, pseudo_random_prob) < 0 or pseudo_keep_prob + pseudo_random_prob > 1:
@@ -235,6 +248,7 @@ class Seq2SeqTask(Task):
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
         self.generation = generation or GenerationConfig()
         self.max_eval_examples = max_eval_examples
+        self.skip_bad_rows = skip_bad_rows
         self._cache: dict[str, list[Seq2SeqExample]] = {}
         self._rng = torch.Generator().manual_seed(0)
         self._tokenizer: Tokenizer | None = None
@@ -246,7 +260,7 @@ class Seq2SeqTask(Task):
         if self.files.get(split) is None:
             raise UserError(f"no seq2seq {split} data was given; pass a JSONL file or source and target files")
         if split not in self._cache:
-            examples = read_split(self.files[split])
+            examples = read_split(self.files[split], self.skip_bad_rows)
             if split != "train" and self.max_eval_examples:
                 examples = examples[:self.max_eval_examples]
             self._cache[split] = examples
@@ -286,13 +300,17 @@ class Seq2SeqTask(Task):
 
     # ---- model ----
 
+    def check_model(self, config: Any, max_length: int) -> None:
+        """Source plus target tokens must fit the model's absolute positions."""
+        source = self.source_budget(max_length)
+        if config.absolute_positions and source + self.max_target_length > config.max_positions:
+            raise UserError(f"source ({source}) plus target ({self.max_target_length}) tokens exceed "
+                            f"the model's {config.max_positions} positions; lower --max-source-length or --max-target-length")
+
     def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
         """The tied LM head (no dropout, as BERT's). Also seeds the target-masking generator from
         torch's seed, which the fine-tuning loop has just set to the run's seed."""
-        cfg = encoder.config
-        if cfg.absolute_positions and self.max_source_length + self.max_target_length > cfg.max_positions:
-            raise UserError(f"source ({self.max_source_length}) plus target ({self.max_target_length}) tokens exceed "
-                            f"the model's {cfg.max_positions} positions; lower --max-source-length or --max-target-length")
+        self.check_model(encoder.config, self.max_source_length + self.max_target_length)
         self._rng = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         return tied_head(encoder)
 

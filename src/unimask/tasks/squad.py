@@ -20,7 +20,8 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .base import SpecialIds, Task, read_text
+from .base import SpecialIds, Task
+from .records import BadRows, read_text
 from .metrics import squad_scores
 
 EXPECTED = ('{"data": [{"paragraphs": [{"context": str, "qas": [{"id": str, "question": str, '
@@ -38,27 +39,70 @@ class SquadExample:
     is_impossible: bool = False
 
 
-def read_squad(path: str | Path) -> list[SquadExample]:
-    """The questions of a SQuAD v1.1 or v2.0 JSON file, in file order."""
+def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[SquadExample]:
+    """The questions of a SQuAD v1.1 or v2.0 JSON file, in file order.
+
+    A question is refused (one-line error naming its id; or, with `skip_bad_rows`, dropped and
+    counted in a warning) when its id repeats an earlier one (predictions are keyed by id), its
+    question or context is not a string, it has no answer without being marked `is_impossible`, or an
+    answer's `answer_start` is not an integer inside the context at which the answer's text begins.
+    A file not shaped like SQuAD is a one-line error."""
     text = read_text(path, "SQuAD file")
+    path = Path(path).expanduser()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}); pass a SQuAD v1.1/v2.0 JSON file") from None
     try:
-        return [_example(qa, paragraph["context"])
-                for article in data["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
-    except (KeyError, TypeError, ValueError) as e:
+        questions = [(qa, paragraph["context"])
+                     for article in data["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+        if not all(isinstance(qa, dict) for qa, _ in questions):
+            raise TypeError("every entry of qas must be an object")
+    except (KeyError, TypeError) as e:
         raise UserError(f"{path} is not in SQuAD format (problem: {type(e).__name__} {e}); "
                         f"expected {EXPECTED}") from None
+    if not questions:
+        raise UserError(f"{path} holds no questions; pass a SQuAD file with data")
+    bad, seen, examples = BadRows(path, skip_bad_rows), set(), []
+    for number, (qa, context) in enumerate(questions, 1):
+        where = f"question {number} (id {qa.get('id')!r})"
+        problem = _problem(qa, context, seen)
+        if problem:
+            bad.add(where, problem)
+            continue
+        seen.add(str(qa["id"]))
+        impossible = bool(qa.get("is_impossible", False))
+        answers = () if impossible else tuple((a["text"], a["answer_start"]) for a in qa["answers"])
+        examples.append(SquadExample(str(qa["id"]), qa["question"], context, answers, impossible))
+    bad.close(len(questions), "questions")
+    return examples
 
 
-def _example(qa: dict, context: str) -> SquadExample:
-    if not isinstance(context, str) or not isinstance(qa["question"], str):
-        raise TypeError("context and question must be strings")
-    impossible = bool(qa.get("is_impossible", False))
-    answers = () if impossible else tuple((str(a["text"]), int(a["answer_start"])) for a in qa["answers"])
-    return SquadExample(str(qa["id"]), qa["question"], context, answers, impossible)
+def _problem(qa: dict, context: Any, seen: set[str]) -> str | None:
+    """What makes one question unusable, or None."""
+    if qa.get("id") is None:
+        return "it has no id"
+    if str(qa["id"]) in seen:
+        return "its id repeats an earlier question's"
+    if not isinstance(context, str):
+        return "its paragraph's context is not a string"
+    if not isinstance(qa.get("question"), str):
+        return "'question' is missing or not a string"
+    if qa.get("is_impossible", False):
+        return None
+    answers = qa.get("answers")
+    if not isinstance(answers, list) or not answers:
+        return "it has no answers and is not marked is_impossible"
+    for a in answers:
+        if not (isinstance(a, dict) and isinstance(a.get("text"), str) and a["text"]):
+            return "an answer has no text"
+        start = a.get("answer_start")
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(context):
+            return f"answer_start {start!r} is not a character offset inside the context"
+        if context[start:start + len(a["text"])] != a["text"]:
+            return (f"answer {a['text'][:30]!r} is not at answer_start {start} "
+                    f"(the context there reads {context[start:start + len(a['text'])][:30]!r})")
+    return None
 
 
 class SquadTask(Task):
@@ -69,7 +113,8 @@ class SquadTask(Task):
 
     def __init__(self, train: str | Path | None = None, dev: str | Path | None = None, *,
                  max_query_length: int = 64, doc_stride: int = 128, n_best: int = 20,
-                 max_answer_length: int = 30, null_threshold: float = 0.0, version: str = "auto") -> None:
+                 max_answer_length: int = 30, null_threshold: float = 0.0, version: str = "auto",
+                 skip_bad_rows: bool = False) -> None:
         """`doc_stride`: tokens between the starts of consecutive windows; `version`: "auto" (v2.0 when
         the scored split has impossible questions), "1.1" or "2.0"."""
         if version not in ("auto", "1.1", "2.0"):
@@ -80,13 +125,14 @@ class SquadTask(Task):
         self.max_query_length, self.doc_stride = max_query_length, doc_stride
         self.n_best, self.max_answer_length = n_best, max_answer_length
         self.null_threshold, self.version = null_threshold, version
+        self.skip_bad_rows = skip_bad_rows
         self._cache: dict[str, list[SquadExample]] = {}
 
     def examples(self, split: str) -> list[SquadExample]:
         if self.paths.get(split) is None:
             raise UserError(f"no SQuAD {split} file was given; pass the path of its JSON file")
         if split not in self._cache:
-            self._cache[split] = read_squad(self.paths[split])
+            self._cache[split] = read_squad(self.paths[split], self.skip_bad_rows)
         return self._cache[split]
 
     def featurize(self, examples: list[SquadExample], tokenizer: Tokenizer, special: SpecialIds,
