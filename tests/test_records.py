@@ -81,6 +81,9 @@ def test_jsonl_with_missing_and_null_values_is_refused_or_skipped_and_counted(tm
     assert [(e.text, e.label) for e in task.examples("train")] == [("good", "pos"), ("fine", "pos"), ("awful", "neg")]
     warning = capsys.readouterr().err
     assert "skipped 3 of 6 rows" in warning and "line 2, line 4, line 5" in warning
+    path.write_text(json.dumps({"text": "x", "label": None}) + "\n")
+    with pytest.raises(UserError, match="none of its 1 rows is usable"):                 # skipping everything
+        read_examples(path, TableSpec("text", "label"), regression=False, skip_bad_rows=True)
     for bad, problem in (({"text": "x"}, "no 'label' field"), ({"label": "pos"}, "no 'text' field"),
                          ({"text": None, "label": "pos"}, "'text' is null"),
                          ({"text": "x", "label": ["pos"]}, "'label' is")):

@@ -94,6 +94,9 @@ class BadRows:
         if not self.skip:
             also = f" (and {more} more of the {total} {what})" if more else ""
             raise UserError(f"{self.path} {self.first_problem}{also}; fix the file or {SKIP_HINT}")
+        if len(self.places) >= total:
+            raise UserError(f"{self.path}: none of its {total} {what} is usable; first: {self.first_problem}; "
+                            "fix the file")
         shown = ", ".join(self.places[:5]) + (", ..." if len(self.places) > 5 else "")
         print(f"warning: {self.path}: skipped {len(self.places)} of {total} {what} with a missing or "
               f"invalid value ({shown}); first: {self.first_problem}", file=sys.stderr)
