@@ -190,6 +190,161 @@ def test_mlm_whole_word_uses_vocab_word_start():
         MLM(MLMConfig(masking="whole_word"), cfg, Vocab(size=V))
 
 
+def random_word_rows(B: int, T: int, seed: int) -> torch.Tensor:
+    """[CLS] words [SEP] [PAD]...: word lengths uniform in 1..4 (a start id 10..59, then ids 60..),
+    a row padded from a random point in its last quarter so that the candidate counts vary."""
+    g = rng(seed)
+    x = torch.full((B, T), VOCAB.pad)
+    for b in range(B):
+        end = T - int(torch.randint(0, T // 4, (1,), generator=g))          # [SEP] at end - 1
+        x[b, 0] = VOCAB.cls
+        t = 1
+        while t < end - 1:
+            n = min(int(torch.randint(1, 5, (1,), generator=g)), end - 1 - t)
+            x[b, t] = int(torch.randint(10, 60, (1,), generator=g))
+            x[b, t + 1:t + n] = torch.randint(60, V, (n - 1,), generator=g)
+            t += n
+        x[b, end - 1] = VOCAB.sep
+    return x
+
+
+@pytest.mark.parametrize("T", [64, 128])
+def test_whole_word_mask_fills_the_budget_like_bert(T):
+    """BERT's create_masked_lm_predictions skips a word that overflows the budget and keeps trying
+    the others; stopping at the first overflow (the old rule) masked 13.2% at T=64 and 14.1% at
+    T=128 of these rows' candidates, against a budget of 15.0%."""
+    word_start = torch.ones(V, dtype=torch.bool)
+    word_start[60:] = False
+    B = 1000
+    x = random_word_rows(B, T, seed=T)
+    cand = candidates_of(x)
+    m = masking.whole_word_mask(x, cand, word_start, 0.15, rng(7))
+    budget = masking.budget_for(cand, 0.15)
+    k = m.sum(-1)
+    rate, target = k.sum().item() / cand.sum().item(), budget.sum().item() / cand.sum().item()
+    assert abs(target - 0.15) < 0.002                           # sum of round(0.15 n) over the rows
+    assert abs(rate - target) < 0.001, (rate, target)           # the realised rate is the budget's
+    assert (k <= budget).all()                                  # budgets of 7+: a word of <= 4 always fits
+    for b in range(B):
+        words = words_of(x[b], cand[b], word_start)
+        flags = [bool(m[b, w[0]]) for w in words]
+        assert all(bool(m[b, w].all()) == f and bool(m[b, w].any()) == f for w, f in zip(words, flags))
+        left = [len(w) for w, f in zip(words, flags) if not f]
+        assert not left or min(left) > budget[b] - k[b], (b, int(k[b]), int(budget[b]), left)  # none fits
+    # a row whose every word is longer than its budget still gets one word (the first drawn)
+    x = torch.tensor([[VOCAB.cls] + [10, 70, 71] * 2 + [VOCAB.sep]])      # 6 candidates, budget 1
+    m = masking.whole_word_mask(x, candidates_of(x), word_start, 0.15, rng(0))
+    assert m.sum().item() == 3 and (m[0, 1:4].all() or m[0, 4:7].all())
+
+
+WORDY_TEXT = ["the unbelievable understanding of tokenizers", "foxes jumped over sleeping dogs",
+              "understanding unbelievable dogs", "the quick brown fox jumps over the lazy dog"]
+
+
+def _tokenizer_file(tmp_path, kind: str):
+    """A tokenizer trained on a few sentences: a Unigram with a Metaspace pre-tokenizer
+    (SentencePiece style), a byte-level BPE (GPT-2 style, inside a Sequence), a BERT WordPiece, or a
+    BPE over whitespace-split words with no continuation prefix (no word-start convention)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if kind == "metaspace":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=80, special_tokens=specials, unk_token="[UNK]")
+    elif kind == "byte_level":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=True)])
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordPieceTrainer(vocab_size=80, special_tokens=specials)
+    else:
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=specials)
+    tok.train_from_iterator(WORDY_TEXT * 5, trainer)
+    path = tmp_path / f"{kind}.json"
+    tok.save(str(path))
+    return path
+
+
+def _prepared(tmp_path, tokenizer_path):
+    from unimask.data.prepare import PrepareConfig, prepare
+    from unimask.data.store import TokenStore
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(WORDY_TEXT) + "\n")
+    out = tmp_path / "data"
+    prepare([text], out, PrepareConfig(tokenizer=str(tokenizer_path), valid_fraction=0.0), log=lambda *a: None)
+    return TokenStore(out)
+
+
+BYTE_LEVEL_SPACES = ("\u0120", "\u0109", "\u010a", "\u010b", "\u010c", "\u010d")   # " ", "\t", "\n", ... as Ġ, ĉ, Ċ
+
+
+@pytest.mark.parametrize("kind,starts", [("metaspace", lambda t: t.startswith("\u2581")),
+                                         ("byte_level", lambda t: t.startswith(BYTE_LEVEL_SPACES)),
+                                         ("wordpiece", lambda t: not t.startswith("##"))])
+def test_word_starts_follow_the_tokenizer_convention(tmp_path, kind, starts):
+    store = _prepared(tmp_path, _tokenizer_file(tmp_path, kind))
+    tok, table = store.tokenizer(), store.word_start_mask()
+    assert table.shape == (tok.get_vocab_size(),) and table.dtype == torch.bool
+    assert 0 < int(table.sum()) < table.numel() - 5                  # words and continuations both
+    for token, i in tok.get_vocab().items():
+        want = i in store.special_ids.values() or starts(token)
+        assert bool(table[i]) == want, (token, i)
+    # encoded rows: the words whole-word masking sees are the pre-tokenizer's words
+    encodings = tok.encode_batch(WORDY_TEXT, add_special_tokens=False)
+    T = 2 + max(len(e.ids) for e in encodings)
+    sp = store.special_ids
+    x = torch.full((len(encodings), T), sp["pad"])
+    for b, e in enumerate(encodings):
+        x[b, :len(e.ids) + 2] = torch.tensor([sp["cls"], *e.ids, sp["sep"]])
+    cand = ~torch.isin(x, torch.tensor(list(sp.values())))
+    longest = 0
+    for b, e in enumerate(encodings):
+        got = words_of(x[b], cand[b], table)
+        want = [[1 + t for t, w in enumerate(e.word_ids) if w == word] for word in dict.fromkeys(e.word_ids)]
+        assert got == want, (e.tokens, got)
+        longest = max(longest, *map(len, got))
+    assert longest > 1                                            # multi-piece words are in the data
+    x = x.repeat(50, 1)                                           # many draws: whole words only
+    cand = cand.repeat(50, 1)
+    m = masking.whole_word_mask(x, cand, table, 0.15, rng(0))
+    for b in range(x.shape[0]):
+        for w in words_of(x[b], cand[b], table):
+            assert m[b, w].all() or not m[b, w].any()
+        e = encodings[b % len(encodings)]
+        masked_words = {e.word_ids[t - 1] for t in m[b].nonzero().flatten().tolist()}
+        assert all(m[b, 1 + t] for t, w in enumerate(e.word_ids) if w in masked_words), e.tokens
+
+
+def test_whole_word_masking_without_a_word_convention_is_a_user_error(tmp_path, capsys):
+    from unimask import cli
+    from unimask.errors import UserError
+
+    path = _tokenizer_file(tmp_path, "plain_bpe")
+    store = _prepared(tmp_path, path)
+    with pytest.raises(UserError) as e:
+        store.word_start_mask()
+    message = str(e.value)
+    assert "\n" not in message and str(store.directory / "tokenizer.json") in message and str(path) in message
+    assert "marks no word starts" in message and "objective.masking=token or span" in message
+    # `pretrain` refuses whole-word masking in one line; token masking on the same data runs
+    base = ["pretrain", "--data", str(store.directory), "--quiet", "--set", "train.steps=1",
+            "--set", "train.batch_size=2", "--set", "data.seq_len=16", "--set", "train.device=cpu",
+            "--set", "train.eval_batches=1"]
+    code = cli.main(base + ["--out", str(tmp_path / "run_ww"), "--set", "objective.masking=whole_word"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"unimask pretrain: error: {message}"
+    assert cli.main(base + ["--out", str(tmp_path / "run_token"), "--set", "objective.masking=token"]) == 0
+    assert (tmp_path / "run_token" / "config.json").is_file()
+
+
 def runs(row: torch.Tensor) -> list[int]:
     lengths, n = [], 0
     for v in row.tolist() + [False]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,6 +14,74 @@ from unimask.data.prepare import FORMAT
 from unimask.errors import UserError
 
 _HINT = "run `unimask prepare --text FILES --out DIR` first"
+
+# The byte-level alphabet (GPT-2's bytes_to_unicode, the `tokenizers` ByteLevel pre-tokenizer) shows
+# the bytes 0-32 as chr(256 + byte): a space is "Ġ", a newline "Ċ", a tab "ĉ".
+_BYTE_LEVEL_SPACES = tuple(chr(256 + b) for b in b" \t\n\x0b\x0c\r")
+
+
+def _parts(component: dict | None, key: str) -> list[dict]:
+    """A normalizer / pre-tokenizer from tokenizer.json and, for a `Sequence`, the ones inside it."""
+    if not component:
+        return []
+    if component.get("type") == "Sequence":
+        return [part for inner in component.get(key) or [] for part in _parts(inner, key)]
+    return [component]
+
+
+def _word_start_rule(spec: dict) -> Callable[[str], bool] | None:
+    """token -> starts a word, from a tokenizer.json dict; None when it has no convention."""
+    model = spec.get("model") or {}
+    if model.get("type") == "WordLevel":                              # a token is a whole pre-token
+        return lambda token: True
+    prefix = model.get("continuing_subword_prefix")                   # WordPiece "##", some BPEs
+    if prefix:
+        return lambda token: not token.startswith(prefix)
+    for part in _parts(spec.get("pre_tokenizer"), "pretokenizers"):
+        if part.get("type") == "Metaspace" and part.get("replacement"):
+            return lambda token, marker=part["replacement"]: token.startswith(marker)
+        if part.get("type") == "ByteLevel":
+            return lambda token: token.startswith(_BYTE_LEVEL_SPACES)
+    for part in _parts(spec.get("normalizer"), "normalizers"):       # "▁" put in by the normalizer
+        if part.get("type") == "Prepend" and part.get("prepend"):
+            return lambda token, marker=part["prepend"]: token.startswith(marker)
+        if part.get("type") == "Replace" and (part.get("pattern") or {}).get("String") == " " and part.get("content"):
+            return lambda token, marker=part["content"]: token.startswith(marker)
+    return None
+
+
+def word_start_table(tokenizer: Tokenizer, where: str = "the tokenizer") -> torch.Tensor:
+    """(vocab_size,) bool: True where a token begins a word, by the tokenizer's own convention.
+
+    Read from its tokenizer.json, the first that applies:
+    - a WordLevel model: every token is a word (the pre-tokenizer's unit);
+    - a model `continuing_subword_prefix` (WordPiece "##" as in BERT, or a BPE with one): a token
+      without the prefix starts a word, as in BERT's create_pretraining_data.py;
+    - a Metaspace pre-tokenizer (SentencePiece style, a space shown as "▁"), also inside a
+      Sequence: a token that starts with "▁" starts a word, the others continue one;
+    - a ByteLevel pre-tokenizer (GPT-2, RoBERTa): a token that starts with a byte-level space ("Ġ")
+      starts a word, as in fairseq's whole-word masking for GPT-2 BPE, and so does one that starts
+      with other byte-level whitespace ("Ċ" for a newline, "ĉ" for a tab);
+    - a normalizer that prepends "▁" or turns spaces into it (Llama style): as Metaspace.
+    Punctuation without a space marker therefore continues the word before it, as in fairseq; the
+    first word of a text may lack the marker, but whole-word masking starts a word after any special
+    token anyway. Added tokens ([CLS], [MASK], ...) are words of their own. A BPE that only marks
+    word ends (`end_of_word_suffix`, "</w>") has no per-token start and is refused like one with
+    no convention: UserError naming `where` (the tokenizer file) and the fix.
+    """
+    spec = json.loads(tokenizer.to_str())
+    starts_word = _word_start_rule(spec)
+    if starts_word is None:
+        raise UserError(
+            f"{where} marks no word starts (no '##' continuation prefix, Metaspace '▁' or byte-level 'Ġ' "
+            f"pieces), so whole-word masking cannot find words; use objective.masking=token or span, "
+            f"or prepare the data with a tokenizer that has such pieces"
+        )
+    table = torch.zeros(tokenizer.get_vocab_size(), dtype=torch.bool)   # (V,)
+    starts = [i for token, i in tokenizer.get_vocab().items() if starts_word(token)]
+    table[torch.tensor(starts, dtype=torch.long)] = True
+    table[[added["id"] for added in spec.get("added_tokens") or []]] = True
+    return table
 
 
 class TokenStore:
@@ -76,12 +145,15 @@ class TokenStore:
         return self._tokenizer
 
     def word_start_mask(self) -> torch.Tensor:
-        """(vocab_size,) bool: True where a token begins a word (no "##" prefix); specials are True.
+        """(vocab_size,) bool: True where a token begins a word (see `word_start_table`); specials are True.
 
-        Used by whole-word masking: a word is a word-start token followed by its "##" pieces.
+        Used by whole-word masking. Raises UserError naming tokenizer.json when the tokenizer has
+        no word-start convention, so call it only when whole-word masking is asked for.
         """
-        mask = torch.ones(self.vocab_size, dtype=torch.bool)
-        continuation = [i for token, i in self.tokenizer().get_vocab().items() if token.startswith("##")]
-        mask[torch.tensor(continuation, dtype=torch.long)] = False
+        where = str(self.directory / "tokenizer.json")
+        source = (self.manifest.get("config") or {}).get("tokenizer")
+        if source:                                          # prepared with --tokenizer: name the user's file
+            where += f" (from --tokenizer {source})"
+        mask = word_start_table(self.tokenizer(), where)
         mask[list(self.special_ids.values())] = True
         return mask

@@ -39,28 +39,45 @@ def token_mask(candidates: Tensor, prob: float, rng: torch.Generator) -> Tensor:
 
 def whole_word_mask(input_ids: Tensor, candidates: Tensor, word_start: Tensor, prob: float,
                     rng: torch.Generator) -> Tensor:
-    """Mask whole words (a start token and its "##" continuations) until round(prob * n) tokens.
+    """(B, T) bool: whole words (a start token and the pieces that continue it) up to round(prob * n).
 
-    Words are taken in random order while the running token count stays within the budget, as in
-    BERT's whole-word-masking release; the first word is always taken.
+    input_ids: (B, T) long; candidates: (B, T) bool, the maskable tokens; word_start: (V,) bool,
+    True where a token begins a word in the tokenizer's convention (data.store.word_start_table:
+    no "##" prefix for WordPiece, a "▁" or "Ġ" prefix for Metaspace / byte-level tokenizers). A
+    candidate after a non-candidate also starts a word, so a block that opens mid-word is fine.
+
+    The selection rule of BERT's whole-word-masking release (google-research/bert,
+    create_pretraining_data.py, create_masked_lm_predictions): words in a uniformly random order;
+    a word that would take the count past the budget is skipped and later, shorter words are still
+    tried; stop at the budget. A row therefore never exceeds round(prob * n) and falls short only
+    when no remaining word fits the gap. One departure: a row with candidates where no word fits at
+    all (every word is longer than the budget) masks the first word of its random order, so no row
+    is left without a target; that is the only way a row goes over its budget.
     """
     B, T = input_ids.shape
+    device = input_ids.device
     previous = torch.cat([torch.zeros_like(candidates[:, :1]), candidates[:, :-1]], dim=1)  # no wrap-around
-    starts = candidates & (word_start[input_ids] | ~previous)              # a row may open mid-word
+    starts = candidates & (word_start[input_ids] | ~previous)              # (B, T) a row may open mid-word
     word = torch.cumsum(starts.long(), dim=1) - 1                          # (B, T) word index per token
     word = torch.where(candidates, word, torch.full_like(word, T))         # non-candidates -> dummy T
-    length = torch.zeros(B, T + 1, dtype=torch.long, device=input_ids.device)
+    length = torch.zeros(B, T + 1, dtype=torch.long, device=device)
     length.scatter_add_(1, word, torch.ones_like(word))                    # (B, T+1) tokens per word
-    length = length[:, :T]
-    exists = length > 0
-    scores = torch.rand(B, T, generator=rng, device=input_ids.device).masked_fill(~exists, 2.0)
-    order = scores.argsort(dim=-1)                                         # words in random order
-    running = torch.cumsum(length.gather(1, order), dim=1)                 # (B, T) tokens so far
-    budget = budget_for(candidates, prob)
-    take_sorted = (running <= budget[:, None]) | (torch.arange(T, device=input_ids.device) == 0)
-    take_sorted &= exists.gather(1, order)
-    taken = torch.zeros(B, T + 1, dtype=torch.bool, device=input_ids.device)
-    taken[:, :T].scatter_(1, order, take_sorted)
+    length = length[:, :T]                                                 # (B, T) 0 = no such word
+    scores = torch.rand(B, T, generator=rng, device=device).masked_fill(length == 0, 2.0)
+    order = scores.argsort(dim=-1)                                         # (B, T) words in random order
+    length_sorted = length.gather(1, order)                                # (B, T) their lengths, 0s last
+    budget = budget_for(candidates, prob)                                  # (B,)
+    masked = torch.zeros(B, dtype=torch.long, device=device)               # (B,) tokens taken so far
+    take_sorted = torch.zeros(B, T, dtype=torch.bool, device=device)       # (B, T) in the random order
+    for k in range(T):                                                     # BERT's loop, all rows at once
+        if bool((masked >= budget).all()):                                 # nothing can fit any more
+            break
+        fits = (length_sorted[:, k] > 0) & (masked + length_sorted[:, k] <= budget)  # (B,) else skip it
+        take_sorted[:, k] = fits
+        masked += torch.where(fits, length_sorted[:, k], 0)
+    take_sorted[:, 0] |= (masked == 0) & (length_sorted[:, 0] > 0)         # no word fits: the first one
+    taken = torch.zeros(B, T + 1, dtype=torch.bool, device=device)
+    taken[:, :T].scatter_(1, order, take_sorted)                           # (B, T+1) per word index
     return taken.gather(1, word) & candidates
 
 
