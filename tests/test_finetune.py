@@ -14,7 +14,9 @@ from unimask.errors import UserError
 from unimask.tasks.base import SpecialIds, collate
 from unimask.tasks.finetune import FinetuneConfig, load_pretrained, parameter_groups, sweep
 from unimask.tasks.glue import GLUE, GLUE_DIRS, ClassificationHead, Example, SentenceTask, TableSpec, glue_task, user_task
+from unimask.tasks.metrics import squad_scores
 from unimask.tasks.report import collect, table
+from unimask.tasks.squad import read_squad
 
 GLUE_SIZES = {  # (train, dev) rows in ../shared/data/glue (README.md there)
     "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500),
@@ -188,8 +190,9 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     assert summary["f1"]["best"] >= summary["f1"]["median"]
     saved = json.loads((tmp_path / "out" / "best" / "finetune.json").read_text())
     assert saved["scores"]["dev"]["accuracy"] == summary["accuracy"]["best"]
-    assert saved["labels"] == ["no", "yes"] and saved["task_options"] == {"pooling": pooling}
-    assert results["task_options"] == {"pooling": pooling}
+    options = {"pooling": pooling, "text_column": "text", "text_pair_column": None, "label_column": "label"}
+    assert saved["labels"] == ["no", "yes"] and saved["task_options"] == options
+    assert results["task_options"] == options
     assert (tmp_path / "out" / "results.md").read_text().startswith("# classify — tiny")
     # the saved weights reproduce the saved score
     from safetensors.torch import load_file
@@ -351,6 +354,14 @@ def test_squad_end_to_end_on_xquad_split_by_article(checkpoint: Path, tmp_path: 
     assert set(dev) >= {"exact", "f1"} and 0 <= dev["exact"]["median"] <= dev["f1"]["median"] <= 100
     assert results["metric"] == "f1" and (tmp_path / "ft" / "best" / "model.safetensors").is_file()
     assert "squad dev (1 runs): exact median" in capsys.readouterr().out
+    # `unimask predict` answers the dev questions as the evaluation did: the official file, the same scores
+    assert main(["predict", "--model", str(tmp_path / "ft"), "--input", str(tmp_path / "dev.json"), "--output",
+                 str(tmp_path / "predictions.json"), "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    examples = read_squad(tmp_path / "dev.json")
+    assert list(predictions) == [e.id for e in examples] and all(isinstance(a, str) for a in predictions.values())
+    scores = squad_scores(predictions, examples, v2=False)
+    assert scores["f1"] == pytest.approx(dev["f1"]["best"]) and scores["exact"] == pytest.approx(dev["exact"]["best"])
 
 
 def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
@@ -363,3 +374,11 @@ def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert results["train_examples"] == 64 and [h["step"] for h in run["history"]] == [4]
     assert 0 < results["summary"]["dev"]["accuracy"]["median"] < 100
     assert "sst2 dev (1 runs): accuracy median" in capsys.readouterr().out
+    # the GLUE test split through `unimask predict --glue-submission`: the leaderboard's layout
+    test = shared_data("glue", "SST-2", "test.tsv")
+    assert main(["predict", "--model", str(tmp_path / "sst2"), "--input", str(test), "--glue-submission",
+                 str(tmp_path / "submission"), "--device", "cpu", "--quiet"]) == 0
+    lines = (tmp_path / "submission" / "SST-2.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 1822
+    assert [line.split("\t")[0] for line in lines[1:]] == [line.split("\t")[0] for line in test.read_text().splitlines()[1:]]
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}

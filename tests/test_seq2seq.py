@@ -475,6 +475,11 @@ def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_pat
         assert "sentences/s" in err and "bleu4" in err and "rougeL" in err
         outputs[bool(flag)] = path.read_text().splitlines()
     assert len(outputs[False]) == 4 and outputs[False] == outputs[True]
+    # `unimask predict` on a seq2seq model is `unimask generate`
+    assert main(["predict", "--model", str(out), "--input", str(tmp_path / "src-test.txt"), "--output",
+                 str(tmp_path / "predicted.txt"), "--device", "cpu", "--batch-size", "3"]) == 0
+    assert (tmp_path / "predicted.txt").read_text().splitlines() == outputs[False]
+    capsys.readouterr()
     # a JSONL input carries its own references; a misaligned reference file is an error
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in
                                               zip(lines["src"][72:74], lines["tgt"][72:74])))

@@ -91,24 +91,33 @@ class Task:
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, encoder: Encoder, head: nn.Module, examples: list[Any], features: list[dict[str, Any]],
-                 pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
-        """Score one split: `predict` on features in length order (less padding), outputs put back in
-        feature order, then `score`. Generation tasks override this with their decoder."""
+    def outputs(self, encoder: Encoder, head: nn.Module, features: list[dict[str, Any]], pad_id: int,
+                batch_size: int, autocast: Callable, device: torch.device,
+                progress: Callable[[int], None] | None = None) -> Tensor | tuple[Tensor, ...]:
+        """`predict` on `features` in length order (less padding), concatenated on the CPU and put back
+        in feature order; `progress(n)` is called after each batch of n features."""
         was_training = encoder.training
         encoder.eval(), head.eval()
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         parts: list[tuple[Tensor, ...]] = []
         for start in range(0, len(order), batch_size):
-            batch = {k: v.to(device) for k, v in collate([features[i] for i in order[start:start + batch_size]], pad_id).items()}
+            chunk = [features[i] for i in order[start:start + batch_size]]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             with autocast():
                 out = self.predict(head, self.encode(encoder, batch), batch)
             parts.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
+            if progress is not None:
+                progress(len(chunk))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         outputs = tuple(_pad_cat([p[k] for p in parts])[inverse] for k in range(len(parts[0])))
         encoder.train(was_training), head.train(was_training)
-        return self.score(examples, features, outputs if len(outputs) > 1 else outputs[0])
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def evaluate(self, encoder: Encoder, head: nn.Module, examples: list[Any], features: list[dict[str, Any]],
+                 pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
+        """Score one split: `score` of `outputs`. Generation tasks override this with their decoder."""
+        return self.score(examples, features, self.outputs(encoder, head, features, pad_id, batch_size, autocast, device))
 
 
 def _pad_cat(parts: list[Tensor]) -> Tensor:

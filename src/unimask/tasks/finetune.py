@@ -309,7 +309,7 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
                 best_value = value
                 meta = {"task": task.name, "metric": task.metric, "lr": lr, "seed": seed, "scores": result.best,
                         "model": asdict(pretrained.config), "labels": list(getattr(task, "labels", None) or []),
-                        "source": pretrained.source, "task_options": task.options()}
+                        "source": pretrained.source, "task_options": task.options(), "max_length": cfg.max_length}
                 _write_atomic(out / "best", {
                     "model.safetensors": lambda p, s=state: save_file({k: v.contiguous() for k, v in s.items()}, str(p)),
                     "finetune.json": lambda p, m=meta: p.write_text(json.dumps(m, indent=2)),

@@ -10,70 +10,42 @@ against --references (corpus BLEU-4, ROUGE-L, METEOR when nltk's WordNet data is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
 
 from ..errors import UserError
-from ..model.encoder import Encoder, EncoderConfig
 from .base import SpecialIds
 from .decoding import GenerationConfig, generate
 from .metrics import generation_scores, meteor_unavailable
 from .records import read_lines
-from .seq2seq import decode_texts, decoder_ids, featurize_sources, read_jsonl, tied_head
-
-
-def find_best(path: str | Path) -> Path:
-    """The directory holding finetune.json: `path` itself or its best/ (a `unimask finetune` output)."""
-    path = Path(path).expanduser()
-    for candidate in (path, path / "best"):
-        if (candidate / "finetune.json").is_file():
-            return candidate
-    raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
-                    "`unimask finetune --task seq2seq`")
-
-
-def load_finetuned(path: str | Path) -> tuple[Encoder, torch.nn.Module, Tokenizer, dict[str, Any]]:
-    """(encoder, tied LM head, tokenizer, finetune.json) of a seq2seq fine-tuning run, in eval mode."""
-    from safetensors.torch import load_file
-
-    best = find_best(path)
-    meta = json.loads((best / "finetune.json").read_text())
-    if meta.get("task") != "seq2seq":
-        raise UserError(f"{best} holds a fine-tuned {meta.get('task')!r} model; generation needs one fine-tuned "
-                        "with --task seq2seq")
-    for name in ("model.safetensors", "tokenizer.json"):
-        if not (best / name).is_file():
-            raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
-    encoder = Encoder(EncoderConfig(**meta["model"]))
-    head = tied_head(encoder)
-    state = load_file(str(best / "model.safetensors"))
-    encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
-    head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
-    return encoder.eval(), head.eval(), Tokenizer.from_file(str(best / "tokenizer.json")), meta
+from .seq2seq import decode_texts, decoder_ids, featurize_sources, read_jsonl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="FT_RUN",
+    p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="FT_RUN",
                    help="the --out directory of `unimask finetune --task seq2seq` (or its best/)")
     p.add_argument("--input", required=True, metavar="FILE",
                    help='sources, one per line, or a JSONL file with "src" (and optional "tgt" references)')
     p.add_argument("--output", metavar="FILE", help="write one output per line here (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=32, help="sources decoded together")
+    p.add_argument("--device", default="auto")
+    add_generation_arguments(p)
+
+
+def add_generation_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The decoding options (also on `unimask predict`, for seq2seq models)."""
     p.add_argument("--references", metavar="FILE", help="reference outputs, line-aligned with --input: print scores")
     p.add_argument("--beam", type=int, default=None, help="beam size, 1 = greedy (default: as fine-tuned)")
     p.add_argument("--length-penalty", type=float, default=None, help="beam score = log-prob / length ** this")
     p.add_argument("--no-repeat-ngram", type=int, default=None, help="block repeated n-grams of this size (0: off)")
     p.add_argument("--min-length", type=int, default=None, help="fewest tokens before [SEP]")
     p.add_argument("--max-length", type=int, default=None, help="most tokens before [SEP]")
-    p.add_argument("--batch-size", type=int, default=32, help="sources decoded together")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole prefix at every step instead of reusing keys/values (slower; same outputs)")
-    p.add_argument("--device", default="auto")
 
 
 def _generation_config(saved: dict[str, Any], args: argparse.Namespace) -> GenerationConfig:
@@ -85,9 +57,19 @@ def _generation_config(saved: dict[str, Any], args: argparse.Namespace) -> Gener
 
 
 def run(args: argparse.Namespace) -> int:
+    from .predict import load_finetuned
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    encoder, head, tokenizer, meta = load_finetuned(args.checkpoint)
+    ft = load_finetuned(args.checkpoint)
+    if ft.meta.get("task") != "seq2seq":
+        raise UserError(f"{ft.directory} holds a fine-tuned {ft.meta.get('task')!r} model; generation needs one "
+                        "fine-tuned with --task seq2seq (`unimask predict` runs the others)")
+    return generate_from(ft, args)
+
+
+def generate_from(ft: Any, args: argparse.Namespace) -> int:
+    """Decode --input with a loaded seq2seq `predict.Finetuned`; write, time and score the outputs."""
+    encoder, head, tokenizer, meta = ft.encoder, ft.head, ft.tokenizer, ft.meta
     options = meta.get("task_options") or {}
     cfg = _generation_config(options.get("generation", {}), args)
     max_source_length = int(options.get("max_source_length") or encoder.config.max_positions // 2)

@@ -193,7 +193,9 @@ class SentenceTask(Task):
         self._cache[split] = examples
 
     def options(self) -> dict[str, Any]:
-        return {"pooling": self.pooling}
+        """The pooling, and the columns the model was trained on (`unimask predict` reads them)."""
+        return {"pooling": self.pooling, "text_column": self.table.text, "text_pair_column": self.table.pair,
+                "label_column": self.table.label}
 
     def featurize(self, examples: list[Example], tokenizer: Tokenizer, special: SpecialIds,
                   max_length: int) -> list[dict[str, Any]]:
@@ -215,8 +217,10 @@ class SentenceTask(Task):
             if b_ids is not None:
                 ids += [*b_ids, special.sep]
                 types += [1] * (len(b_ids) + 1)
-            label = float(e.label) if self.regression else self.labels.index(e.label)
-            features.append({"input_ids": ids, "token_type_ids": types, "label": label, "example": i})
+            feature = {"input_ids": ids, "token_type_ids": types, "example": i}
+            if e.label is not None:    # unlabelled examples (prediction) carry no label
+                feature["label"] = float(e.label) if self.regression else self.labels.index(e.label)
+            features.append(feature)
         return features
 
     def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
@@ -232,12 +236,13 @@ class SentenceTask(Task):
         return loss, torch.tensor(out.shape[0], device=out.device)
 
     def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Regression: (B,) predicted targets; classification: (B, C) logits."""
         out = head(hidden, batch["attention_mask"]).float()
-        return out[:, 0] if self.regression else out.argmax(-1)
+        return out[:, 0] if self.regression else out
 
     def score(self, examples: list[Example], features: list[dict[str, Any]], outputs: Tensor) -> dict[str, float]:
         gold = [f["label"] for f in features]
-        pred = outputs.tolist()
+        pred = (outputs if self.regression else outputs.argmax(-1)).tolist()
         return {name: SCORERS[name](gold, pred) for name in self.scorers}
 
 

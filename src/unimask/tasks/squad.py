@@ -39,8 +39,9 @@ class SquadExample:
     is_impossible: bool = False
 
 
-def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[SquadExample]:
-    """The questions of a SQuAD v1.1 or v2.0 JSON file, in file order.
+def read_squad(path: str | Path, skip_bad_rows: bool = False, answers: bool = True) -> list[SquadExample]:
+    """The questions of a SQuAD v1.1 or v2.0 JSON file, in file order; with `answers=False` (questions
+    to answer, `unimask predict`) answers are neither needed nor read.
 
     A question is refused (one-line error naming its id; or, with `skip_bad_rows`, dropped and
     counted in a warning) when its id repeats an earlier one (predictions are keyed by id), its
@@ -66,19 +67,19 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[SquadExamp
     bad, seen, examples = BadRows(path, skip_bad_rows), set(), []
     for number, (qa, context) in enumerate(questions, 1):
         where = f"question {number} (id {qa.get('id')!r})"
-        problem = _problem(qa, context, seen)
+        problem = _problem(qa, context, seen, answers)
         if problem:
             bad.add(where, problem)
             continue
         seen.add(str(qa["id"]))
         impossible = bool(qa.get("is_impossible", False))
-        answers = () if impossible else tuple((a["text"], a["answer_start"]) for a in qa["answers"])
-        examples.append(SquadExample(str(qa["id"]), qa["question"], context, answers, impossible))
+        gold = () if impossible or not answers else tuple((a["text"], a["answer_start"]) for a in qa["answers"])
+        examples.append(SquadExample(str(qa["id"]), qa["question"], context, gold, impossible))
     bad.close(len(questions), "questions")
     return examples
 
 
-def _problem(qa: dict, context: Any, seen: set[str]) -> str | None:
+def _problem(qa: dict, context: Any, seen: set[str], answers_needed: bool = True) -> str | None:
     """What makes one question unusable, or None."""
     if qa.get("id") is None:
         return "it has no id"
@@ -88,7 +89,7 @@ def _problem(qa: dict, context: Any, seen: set[str]) -> str | None:
         return "its paragraph's context is not a string"
     if not isinstance(qa.get("question"), str):
         return "'question' is missing or not a string"
-    if qa.get("is_impossible", False):
+    if qa.get("is_impossible", False) or not answers_needed:
         return None
     answers = qa.get("answers")
     if not isinstance(answers, list) or not answers:
@@ -192,6 +193,14 @@ class SquadTask(Task):
 
     def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self._logits(head, hidden, batch)  # (B, T) start, (B, T) end
+
+    def options(self) -> dict[str, Any]:
+        """Window and decoding settings, and "version": "2.0" when the training data had unanswerable
+        questions (`unimask predict` then answers "" above the null threshold)."""
+        trained_v2 = self.is_v2(self._cache["train"]) if "train" in self._cache else self.version == "2.0"
+        return {"max_query_length": self.max_query_length, "doc_stride": self.doc_stride, "n_best": self.n_best,
+                "max_answer_length": self.max_answer_length, "null_threshold": self.null_threshold,
+                "version": "2.0" if trained_v2 else "1.1"}
 
     def is_v2(self, examples: list[SquadExample]) -> bool:
         """Whether `examples` are scored as v2.0 (null answers allowed, HasAns/NoAns reported)."""

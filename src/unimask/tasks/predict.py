@@ -1,0 +1,340 @@
+"""`unimask predict`: run a fine-tuned model (the --out of `unimask finetune`) on new inputs.
+
+What comes out depends on the task the model was fine-tuned for (best/finetune.json "task"):
+
+- GLUE tasks, `classify`, `regress`: a TSV, CSV or JSONL file in (the same columns as fine-tuning,
+  no label needed), the same rows out (same format, every field kept) with `prediction` and, for
+  classification, one probability column per class, `prob_<label>`. `--glue-submission DIR` writes
+  the GLUE leaderboard file of a test split (`SST-2.tsv`, `MNLI-m.tsv`, ...: `index<TAB>prediction`,
+  labels as GLUE names them; transformers' run_glue `--do_predict` writes the same layout).
+- `squad`: a SQuAD JSON in (answers not needed), `{id: answer}` out ("" = no answer, for v2.0 models
+  or with `--null-threshold`), the file the official evaluation script reads.
+- `seq2seq`: what `unimask generate` does (one output per line).
+
+Inputs are read by tasks/records.py's rules (nothing lost or invented) and batched in length order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..errors import UserError
+from ..model.encoder import Encoder, EncoderConfig
+from . import records
+from .base import SpecialIds, Task
+from .decoding import GenerationConfig
+from .glue import GLUE, Example, SentenceTask, TableSpec
+from .seq2seq import Seq2SeqTask
+from .squad import SquadTask, decode_answers, read_squad
+
+
+def find_best(path: str | Path) -> Path:
+    """The directory holding finetune.json: `path` itself or its best/ (a `unimask finetune` output).
+    A pretraining run or any other directory is a one-line error saying what to pass."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "best"):
+        if (candidate / "finetune.json").is_file():
+            return candidate
+    if (path / "checkpoints").is_dir() or (path / "meta.json").is_file():
+        raise UserError(f"{path} is a pretraining run, which has no fine-tuned head; fine-tune it first "
+                        f"(`unimask finetune --checkpoint {path} --task ... --out DIR`) and pass that DIR")
+    raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
+                    "`unimask finetune`")
+
+
+def _sentence_task(meta: dict) -> Task:
+    name, options = meta["task"], meta.get("task_options") or {}
+    pooling = options.get("pooling", "cls")
+    if name in GLUE:
+        spec = GLUE[name]
+        return SentenceTask(name, {}, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling)
+    labels = tuple(meta.get("labels") or ()) or None
+    table = TableSpec(options.get("text_column"), options.get("label_column"), options.get("text_pair_column"))
+    return SentenceTask(name, {}, table, labels, "accuracy" if labels else "pearson", (), pooling=pooling)
+
+
+def _squad_task(meta: dict) -> Task:
+    options = meta.get("task_options") or {}
+    keys = ("max_query_length", "doc_stride", "n_best", "max_answer_length", "null_threshold", "version")
+    return SquadTask(**{k: options[k] for k in keys if k in options})
+
+
+def _seq2seq_task(meta: dict) -> Task:
+    options = meta.get("task_options") or {}
+    return Seq2SeqTask(max_source_length=int(options.get("max_source_length", 0)),
+                       max_target_length=int(options.get("max_target_length", 48)),
+                       generation=GenerationConfig(**options.get("generation", {})))
+
+
+TASK_BUILDERS: dict[str, Callable[[dict], Task]] = {
+    **{name: _sentence_task for name in (*GLUE, "classify", "regress")},
+    "squad": _squad_task,
+    "seq2seq": _seq2seq_task,
+}
+"""finetune.json "task" -> the task rebuilt from its saved options (no data files)."""
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned model as `unimask finetune` saved it, in eval mode."""
+
+    encoder: Encoder
+    head: nn.Module
+    task: Task
+    tokenizer: Tokenizer
+    meta: dict
+    directory: Path
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per input the model was fine-tuned with (finetune.json; older outputs: 128, squad 384)."""
+        default = 384 if self.meta["task"] == "squad" else 128
+        return min(int(self.meta.get("max_length", default)), self.encoder.config.max_positions)
+
+
+def load_finetuned(path: str | Path) -> Finetuned:
+    """The encoder, head, task, tokenizer and finetune.json of a `unimask finetune` output."""
+    from safetensors.torch import load_file
+
+    best = find_best(path)
+    try:
+        meta = json.loads((best / "finetune.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{best / 'finetune.json'} is not valid JSON ({e}); fine-tune again") from None
+    if meta.get("task") not in TASK_BUILDERS:
+        raise UserError(f"{best / 'finetune.json'} names task {meta.get('task')!r}, which this unimask cannot load; "
+                        f"known: {', '.join(TASK_BUILDERS)}")
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (best / name).is_file():
+            raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
+    task = TASK_BUILDERS[meta["task"]](meta)
+    encoder = Encoder(EncoderConfig(**meta["model"]))
+    head = task.head(encoder, 0.0)
+    state = load_file(str(best / "model.safetensors"))
+    for prefix, module in (("encoder.", encoder), ("head.", head)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    tokenizer = Tokenizer.from_file(str(best / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return Finetuned(encoder.eval(), head.eval(), task, tokenizer, meta, best)
+
+
+# ---- sentence tasks ------------------------------------------------------------------------------
+
+PREDICT_TEXT = {"cola": "sentence"}
+"""GLUE tasks whose test files name the text column differently from train/dev (CoLA's are header-less)."""
+
+SUBMISSION_FILES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+                    "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+"""GLUE task -> its leaderboard file name (MNLI: MNLI-m, MNLI-mm or AX, from the input's name)."""
+
+
+def _read_unlabelled(path: Path, task: SentenceTask, text_column: str | None,
+                     pair_column: str | None) -> tuple[records.Table, list[Example]]:
+    """The input's records and one unlabelled Example per record; a record without its text is a
+    one-line error (predictions must stay aligned with the rows)."""
+    text_key = text_column or PREDICT_TEXT.get(task.name) or task.table.text
+    pair_key = pair_column or task.table.pair
+    if text_key is None:
+        raise UserError("this model's finetune.json does not name its text column; pass --text-column")
+    table = records.read_table(path, header=True)
+    named = [k for k in (text_key, pair_key) if isinstance(k, str)]
+    if not task.table.header and not text_column and any(k not in (table.header or []) for k in named):
+        table = records.read_table(path, header=False)           # a header-less GLUE file (CoLA train/dev)
+        text_key, pair_key = task.table.text, task.table.pair
+    if not table.records:
+        raise UserError(f"{path} has no rows to predict")
+    columns = [table.column(text_key)] + ([table.column(pair_key)] if pair_key is not None else [])
+    missing, examples = [], []
+    for line, row in table.records:
+        values = [records.as_text(table.value(row, c)) for c in columns]
+        if None in values:
+            name = [text_key, pair_key][values.index(None)]
+            missing.append(f"line {line}: {records.describe(table.value(row, columns[values.index(None)]), str(name))}")
+        examples.append(Example(values[0] or "", values[1] if len(values) > 1 else None, None))
+    if missing:
+        raise UserError(f"{table.path} {missing[0]} ({len(missing)} such rows); every row needs its text to be "
+                        "predicted")
+    return table, examples
+
+
+def _prediction_columns(task: SentenceTask, outputs: torch.Tensor) -> tuple[list[str], list[list[Any]]]:
+    """("prediction", "prob_<label>"...) names and one row of values per example."""
+    if task.regression:
+        return ["prediction"], [[round(float(v), 6)] for v in outputs.tolist()]
+    probs = outputs.float().softmax(-1)                                              # (N, C)
+    names = ["prediction"] + [f"prob_{label}" for label in task.labels]
+    rows = [[task.labels[int(p.argmax())]] + [round(float(x), 6) for x in p] for p in probs]
+    return names, rows
+
+
+def _write_rows(table: records.Table, names: list[str], values: list[list[Any]], out: io.TextIOBase) -> None:
+    """The input's records with the prediction columns appended, in the input's own format."""
+    taken = [n for n in names if (table.header and n in table.header)
+             or (table.kind == "jsonl" and any(n in r for _, r in table.records))]
+    if taken:
+        raise UserError(f"{table.path} already has a column {taken[0]!r}; rename it (predict adds {', '.join(names)})")
+    if table.kind == "jsonl":
+        for (_, record), row in zip(table.records, values):
+            out.write(json.dumps({**record, **dict(zip(names, row))}, ensure_ascii=False) + "\n")
+        return
+    cells = [[str(v) for v in row] for row in values]
+    if table.kind == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        if table.header is not None:
+            writer.writerow(table.header + names)
+        writer.writerows(record + row for (_, record), row in zip(table.records, cells))
+        return
+    if table.header is not None:
+        out.write("\t".join(table.header + names) + "\n")
+    for (_, record), row in zip(table.records, cells):
+        out.write("\t".join(record + row) + "\n")
+
+
+def _submission_name(task: str, path: Path) -> str:
+    if task != "mnli":
+        return SUBMISSION_FILES[task]
+    stem = path.stem.lower()
+    for key, name in (("mismatched", "MNLI-mm"), ("matched", "MNLI-m"), ("diagnostic", "AX"), ("ax", "AX")):
+        if key in stem:
+            return name
+    raise UserError(f"--glue-submission: cannot tell from {path.name} whether it is MNLI's test_matched, "
+                    "test_mismatched or the diagnostic set; keep the GLUE file name")
+
+
+def _write_submission(task: SentenceTask, table: records.Table, outputs: torch.Tensor, directory: Path,
+                      path: Path) -> Path:
+    """DIR/<GLUE name>.tsv: "index<TAB>prediction" per test row (STS-B clipped to [0, 5])."""
+    if task.name not in GLUE:
+        raise UserError(f"--glue-submission needs a model fine-tuned on a GLUE task, not {task.name!r}")
+    index = next((c for c in ("index", "id") if table.header and c in table.header), None)
+    ids = ([row[table.header.index(index)] for _, row in table.records] if index
+           else [str(i) for i in range(len(table.records))])
+    if task.regression:
+        predictions = [f"{min(5.0, max(0.0, v)):.3f}" for v in outputs.tolist()]
+    else:
+        predictions = [task.labels[i] for i in outputs.argmax(-1).tolist()]
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{_submission_name(task.name, path)}.tsv"
+    _atomic_write(target, "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in zip(ids, predictions)))
+    return target
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        path = Path(output).expanduser()
+        if not path.parent.is_dir():
+            raise UserError(f"--output {path}: the folder {path.parent} does not exist; create it first")
+        _atomic_write(path, text)
+    else:
+        sys.stdout.write(text)
+
+
+def _run_model(ft: Finetuned, features: list[dict], args: argparse.Namespace) -> Any:
+    from tqdm import tqdm
+
+    from ..train.loop import autocast_for
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    ft.encoder.to(device), ft.head.to(device)
+    special = SpecialIds.of(ft.tokenizer)
+    with tqdm(total=len(features), unit="input", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
+        return ft.task.outputs(ft.encoder, ft.head, features, special.pad, args.batch_size,
+                               autocast_for(args.precision, device), device, progress=bar.update)
+
+
+def predict_sentences(ft: Finetuned, args: argparse.Namespace) -> int:
+    task: SentenceTask = ft.task  # type: ignore[assignment]
+    path = Path(args.input).expanduser()
+    table, examples = _read_unlabelled(path, task, args.text_column, args.text_pair_column)
+    special = SpecialIds.of(ft.tokenizer)
+    started = time.perf_counter()
+    outputs = _run_model(ft, task.featurize(examples, ft.tokenizer, special, ft.max_length), args)
+    seconds = time.perf_counter() - started
+    names, values = _prediction_columns(task, outputs)
+    if args.glue_submission:
+        written = _write_submission(task, table, outputs, Path(args.glue_submission).expanduser(), path)
+        print(f"wrote {written}", file=sys.stderr)
+    if args.output or not args.glue_submission:
+        buffer = io.StringIO()
+        _write_rows(table, names, values, buffer)
+        _emit(buffer.getvalue(), args.output)
+    print(f"predicted {len(examples)} rows in {seconds:.2f} s ({len(examples) / max(seconds, 1e-9):.1f} rows/s, "
+          f"batch {args.batch_size})", file=sys.stderr)
+    return 0
+
+
+def predict_squad(ft: Finetuned, args: argparse.Namespace) -> int:
+    task: SquadTask = ft.task  # type: ignore[assignment]
+    examples = read_squad(args.input, answers=False)
+    special = SpecialIds.of(ft.tokenizer)
+    started = time.perf_counter()
+    features = task.featurize(examples, ft.tokenizer, special, ft.max_length)
+    start, end = _run_model(ft, features, args)
+    v2 = args.null_threshold is not None or task.version == "2.0"
+    threshold = args.null_threshold if args.null_threshold is not None else task.null_threshold
+    answers = decode_answers(examples, features, start, end, n_best=task.n_best,
+                             max_answer_length=task.max_answer_length, null_threshold=threshold if v2 else None)
+    seconds = time.perf_counter() - started
+    _emit(json.dumps(answers, ensure_ascii=False, indent=1) + "\n", args.output)
+    print(f"answered {len(examples)} questions in {seconds:.2f} s ({len(examples) / max(seconds, 1e-9):.1f}/s"
+          f"{'; v2.0: empty answers above null threshold ' + format(threshold, 'g') if v2 else ''})", file=sys.stderr)
+    return 0
+
+
+def predict_seq2seq(ft: Finetuned, args: argparse.Namespace) -> int:
+    from .generate import generate_from
+    return generate_from(ft, args)
+
+
+PREDICTORS: dict[str, Callable[[Finetuned, argparse.Namespace], int]] = {
+    **{name: predict_sentences for name in (*GLUE, "classify", "regress")},
+    "squad": predict_squad,
+    "seq2seq": predict_seq2seq,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .generate import add_generation_arguments
+    p.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, metavar="FT_RUN",
+                   help="the --out directory of `unimask finetune` (or its best/)")
+    p.add_argument("--input", required=True, metavar="FILE",
+                   help="sentence tasks: TSV, CSV or JSONL; squad: a SQuAD JSON; seq2seq: sources, one per line, or JSONL")
+    p.add_argument("--output", metavar="FILE", help="where predictions go (default: standard output)")
+    p.add_argument("--text-column", help="sentence tasks: the text column (default: the one fine-tuned on)")
+    p.add_argument("--text-pair-column", help="sentence tasks: the second text of a pair (default: as fine-tuned)")
+    p.add_argument("--glue-submission", metavar="DIR",
+                   help="GLUE models: write the leaderboard file (e.g. SST-2.tsv: index<TAB>prediction) into DIR")
+    p.add_argument("--null-threshold", type=float, default=None,
+                   help="squad: answer \"\" when the null score beats the best span by this (default: as fine-tuned, "
+                        "v2.0 models only)")
+    p.add_argument("--batch-size", type=int, default=64, help="inputs per batch")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_generation_arguments(p.add_argument_group("seq2seq models (as `unimask generate`)"))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    ft = load_finetuned(args.checkpoint)
+    return PREDICTORS[ft.meta["task"]](ft, args)
