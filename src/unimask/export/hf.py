@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -269,13 +269,25 @@ def export_encoder(
     dtype = str(encoder_state["embeddings.word.weight"].dtype).removeprefix("torch.")
     bert_config = to_bert_config(cfg, architectures=[architecture], dtype=dtype)
 
+    def write_model(directory: Path) -> None:
+        bert_config.to_json_file(directory / "config.json")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
+                  metadata={"format": "pt"})
+
+    write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model)
+
+
+def write_directory(out: Path, overwrite: bool, tokenizer: Tokenizer, tokenizer_json: Path, max_length: int,
+                    write_model: Callable[[Path], None]) -> None:
+    """Write a transformers directory atomically: `write_model(tmp)` puts config.json and the weights
+    (and any code) into a temporary sibling of `out`; the tokenizer files (tokenizer.json,
+    tokenizer_config.json, vocab.txt for BERT-shaped vocabularies) are added and checked against
+    transformers' AutoTokenizer; then the directory replaces `out` (a non-empty `out` needs `overwrite`)."""
     tmp = _prepare_out(out, overwrite)
     try:
-        bert_config.to_json_file(tmp / "config.json")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors",
-                  metadata={"format": "pt"})
+        write_model(tmp)
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-        tokenizer_config = _tokenizer_config(tokenizer_json, cfg.max_positions)
+        tokenizer_config = _tokenizer_config(tokenizer_json, max_length)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
         if tokenizer_config["tokenizer_class"] == "BertTokenizer":
             _write_vocab_txt(tokenizer, tmp / "vocab.txt")
