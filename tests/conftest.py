@@ -53,3 +53,30 @@ def tiny_run_config(data: Path, **train):
         objective=MLMConfig(), data=DataConfig(path=str(data), seq_len=32),
         train=TrainConfig(**{**defaults, **train}),
     )
+
+
+@pytest.fixture(scope="session")
+def classifier(kjv_data, tmp_path_factory) -> tuple[Path, Path]:
+    """(fine-tuned output, its dev.tsv): a tiny MLM run fine-tuned to tell whether a text says 'moses'."""
+    import torch
+
+    from unimask.tasks.finetune import FinetuneConfig, load_pretrained, sweep
+    from unimask.tasks.glue import user_task
+    from unimask.train.loop import train
+
+    root = tmp_path_factory.mktemp("predict")
+    train(tiny_run_config(kjv_data, steps=2, save_every=2), root / "mlm", progress=False)
+    g = torch.Generator().manual_seed(0)
+    words = "the lord said unto him and they went up into land of egypt with all people".split()
+    rows = []
+    for i in range(400):
+        text = [words[j] for j in torch.randint(len(words), (6 + i % 5,), generator=g).tolist()]
+        if i % 2:
+            text[0] = "moses"
+        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    for name, part in (("train.tsv", rows[:320]), ("dev.tsv", rows[320:])):
+        (root / name).write_text("id\ttext\tlabel\n" + "".join(f"r{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(part)))
+    task = user_task("classify", str(root / "train.tsv"), str(root / "dev.tsv"), "text", "label")
+    cfg = FinetuneConfig(lrs=(3e-3,), seeds=(1,), epochs=2, batch_size=16, precision="fp32", max_length=24)
+    sweep(task, load_pretrained(root / "mlm"), cfg, root / "ft", progress=False)
+    return root / "ft", root / "dev.tsv"

@@ -11,34 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import shared_data, tiny_run_config
+from conftest import shared_data
 from unimask.cli import main
 from unimask.errors import UserError
-from unimask.tasks.finetune import FinetuneConfig, load_pretrained, sweep
-from unimask.tasks.glue import GLUE, SentenceTask, user_task
+from unimask.tasks.glue import GLUE, SentenceTask
 from unimask.tasks.predict import _read_unlabelled, _submission_name, load_finetuned
-
-
-@pytest.fixture(scope="module")
-def classifier(kjv_data, tmp_path_factory) -> tuple[Path, Path]:
-    """(fine-tuned output, its dev.tsv): a tiny MLM run fine-tuned to tell whether a text says 'moses'."""
-    from unimask.train.loop import train
-    root = tmp_path_factory.mktemp("predict")
-    train(tiny_run_config(kjv_data, steps=2, save_every=2), root / "mlm", progress=False)
-    g = torch.Generator().manual_seed(0)
-    words = "the lord said unto him and they went up into land of egypt with all people".split()
-    rows = []
-    for i in range(400):
-        text = [words[j] for j in torch.randint(len(words), (6 + i % 5,), generator=g).tolist()]
-        if i % 2:
-            text[0] = "moses"
-        rows.append((" ".join(text), "yes" if i % 2 else "no"))
-    for name, part in (("train.tsv", rows[:320]), ("dev.tsv", rows[320:])):
-        (root / name).write_text("id\ttext\tlabel\n" + "".join(f"r{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(part)))
-    task = user_task("classify", str(root / "train.tsv"), str(root / "dev.tsv"), "text", "label")
-    cfg = FinetuneConfig(lrs=(3e-3,), seeds=(1,), epochs=2, batch_size=16, precision="fp32", max_length=24)
-    sweep(task, load_pretrained(root / "mlm"), cfg, root / "ft", progress=False)
-    return root / "ft", root / "dev.tsv"
 
 
 def _predict(capsys, *argv: str) -> str:
