@@ -62,7 +62,7 @@ class Vocab:
     cls: int = 2
     sep: int = 3
     mask: int = 4
-    word_start: Tensor | None = None     # (size,) bool, True where a token starts a word (no "##")
+    word_start: Tensor | None = None     # (size,) bool, True where a token starts a word (data.store.word_start_table)
 
     @property
     def special_ids(self) -> list[int]:
