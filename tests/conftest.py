@@ -37,6 +37,21 @@ def kjv_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def modules_cache(tmp_path_factory):
+    """transformers copies the remote code of a trust_remote_code load into HF_MODULES_CACHE (read once,
+    at import): keep it in a tmp dir rather than the user's cache."""
+    try:
+        import transformers.dynamic_module_utils as dynamic
+    except ImportError:
+        yield
+        return
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
+        yield
+
+
 def tiny_run_config(data: Path, **train):
     """A 2-layer, 32-wide MLM run on `data` that takes about a second."""
     from unimask.config import RunConfig

@@ -190,12 +190,23 @@ def test_encoder_only_export(tmp_path: Path) -> None:
     ({"relative_buckets": 32}, "relative position bias"),
     ({"absolute_positions": False, "relative_buckets": 32}, "no absolute position"),
 ])
-def test_refuses_what_bert_cannot_hold(tmp_path: Path, changes: dict, reason: str) -> None:
+def test_exports_what_bert_cannot_hold_with_remote_code(tmp_path: Path, changes: dict, reason: str) -> None:
+    """The native BERT writer refuses these encoders (one line, saying why); `export_checkpoint` writes
+    them with remote code instead (tests/test_export_remote.py checks their parity)."""
     model = pretrain_model(tiny_config(**changes))
     with pytest.raises(UserError, match=reason) as e:
         hf.export_encoder(*state(model), model.encoder.config, write_tokenizer(tmp_path / "t.json"), tmp_path / "hf")
     assert "\n" not in str(e.value) and "load_encoder" in str(e.value)
     assert not (tmp_path / "hf").exists()
+    write_checkpoint(tmp_path / "run", model)
+    assert hf.export_checkpoint(tmp_path / "run", tmp_path / "hf").architecture == "UnimaskForMaskedLM"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "unimask"
+    theirs = transformers.AutoModel.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    inputs = batch(model.encoder.config.vocab_size, token_types=True)
+    keep = inputs["attention_mask"]
+    with torch.no_grad():
+        hidden = model.encoder(inputs["input_ids"], token_type_ids=inputs["token_type_ids"], attention_mask=keep)
+        assert torch.allclose(theirs(**inputs).last_hidden_state[keep], hidden[keep], atol=1e-4)
 
 
 def test_refuses_existing_out(exported, tmp_path: Path) -> None:
@@ -220,13 +231,18 @@ def test_load_encoder_and_export_checkpoint(tmp_path: Path, capsys) -> None:
     ids = torch.randint(5, 120, (2, 9))
     with torch.no_grad():
         assert torch.equal(encoder(ids), model.encoder(ids))
-    with pytest.raises(UserError, match="pre-LN"):
-        hf.export_checkpoint(run_dir, tmp_path / "hf")
+    parser = argparse.ArgumentParser()
+    hf.add_arguments(parser)
+    assert hf.run(parser.parse_args([str(run_dir), "--out", str(tmp_path / "remote")])) == 0  # pre-LN: remote code
+    assert "wrote UnimaskForMaskedLM" in capsys.readouterr().out
+    remote = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "remote", trust_remote_code=True).eval()
+    with torch.no_grad():
+        hidden = model.encoder(ids)
+        logits = model.objective.head(hidden.flatten(0, 1), model.encoder.word_embeddings.weight)
+        assert torch.allclose(remote(input_ids=ids).logits.flatten(0, 1), logits, atol=1e-4)
 
     good = pretrain_model(tiny_config(), seed=2)
     checkpoint = write_checkpoint(tmp_path / "ckpt", good)
-    parser = argparse.ArgumentParser()
-    hf.add_arguments(parser)
     assert hf.run(parser.parse_args(["--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "hf")])) == 0
     assert "BertForMaskedLM" in capsys.readouterr().out
     bert = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
@@ -259,3 +275,22 @@ def test_refuses_mismatched_checkpoint(tmp_path: Path) -> None:
         hf.load_encoder(tmp_path / "ckpt" / "checkpoints")
     with pytest.raises(UserError, match="not a directory"):
         hf.export_checkpoint(checkpoint / "model.safetensors", tmp_path / "hf")
+
+
+def test_model_card_of_a_pretraining_run(kjv_data, tmp_path: Path) -> None:
+    """Every export writes README.md: objective, architecture, data counts, steps, tokens, last valid record."""
+    from conftest import tiny_run_config
+    from unimask.train.loop import train
+
+    train(tiny_run_config(kjv_data, steps=4, save_every=4), tmp_path / "run", progress=False)
+    hf.export_checkpoint(tmp_path / "run", tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    manifest = json.loads((kjv_data / "manifest.json").read_text())
+    valid = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("split") == "valid"][-1]
+    assert card.startswith("# mlm encoder pretrained with unimask")
+    assert "`BertForMaskedLM`; encoder: 2 layers, hidden 32" in card
+    assert "4 optimizer steps of 4 x 1 sequences of 32 tokens per process, 512 tokens per process" in card
+    assert f"train {manifest['splits']['train']['num_tokens']:,} tokens" in card
+    assert "**Last validation** (step 4): " in card and f"loss {valid['loss']:.4g}" in card
+    assert "AutoModelForMaskedLM.from_pretrained" in card

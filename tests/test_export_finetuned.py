@@ -126,19 +126,35 @@ def test_squad_export_finds_predicts_answers_on_50_questions(kjv_data, tmp_path:
     assert [ours[i] for i, _, _ in questions] == theirs
 
 
-def test_what_transformers_has_no_class_for_is_refused(classifier, tmp_path: Path, capsys) -> None:
-    ft, _ = classifier
+def test_mean_pooling_exports_with_remote_code_and_the_pipeline_agrees(classifier, tmp_path: Path, capsys) -> None:
+    from transformers import pipeline
+
+    ft, dev = classifier
     meta_path = ft / "best" / "finetune.json"
     meta = json.loads(meta_path.read_text())
-    try:
+    try:      # the same weights read through mean pooling, in predict and in the export
         meta_path.write_text(json.dumps({**meta, "task_options": {**meta["task_options"], "pooling": "mean"}}))
-        with pytest.raises(UserError, match="--pooling mean"):
-            export_finetuned(ft, tmp_path / "mean")
+        assert main(["export", str(ft), "--out", str(tmp_path / "mean")]) == 0
+        assert "UnimaskForSequenceClassification" in capsys.readouterr().out
+        header, rows = _rows(_predict(capsys, "--model", str(ft), "--input", str(dev)))
     finally:
         meta_path.write_text(json.dumps(meta))
-    assert not (tmp_path / "mean").exists()
+    config = json.loads((tmp_path / "mean" / "config.json").read_text())
+    assert config["classifier_pooling"] == "mean" and "trust_remote_code=True" in (tmp_path / "mean" / "README.md").read_text()
+    ours = torch.tensor([[float(r[header.index("prob_no")]), float(r[header.index("prob_yes")])] for r in rows])
+    classify = pipeline("text-classification", model=str(tmp_path / "mean"), device="cpu", trust_remote_code=True)
+    results = classify([r[header.index("text")] for r in rows], top_k=None, batch_size=8)
+    theirs = torch.tensor([[{d["label"]: d["score"] for d in r}[label] for label in ("no", "yes")] for r in results])
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_an_existing_output_is_kept_without_overwrite(classifier, tmp_path: Path, capsys) -> None:
+    ft, _ = classifier
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="--overwrite"):
         export_finetuned(ft, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert main(["export", str(ft), "--out", str(tmp_path / "out"), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert 'transformers.pipeline("text-classification"' in out and not (tmp_path / "out" / "keep.txt").exists()

@@ -480,6 +480,8 @@ def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_pat
                  str(tmp_path / "predicted.txt"), "--device", "cpu", "--batch-size", "3"]) == 0
     assert (tmp_path / "predicted.txt").read_text().splitlines() == outputs[False]
     capsys.readouterr()
+    assert main(["export", str(out), "--out", str(tmp_path / "hf")]) == 2      # no transformers class decodes it
+    assert "pseudo-mask layout" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     # a JSONL input carries its own references; a misaligned reference file is an error
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in
                                               zip(lines["src"][72:74], lines["tgt"][72:74])))

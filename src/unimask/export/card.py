@@ -3,11 +3,26 @@ how well it did, and how to load it."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
 
-PIPELINES = {"BertForSequenceClassification": "text-classification"}
+PIPELINES = {"BertForSequenceClassification": "text-classification",
+             "UnimaskForSequenceClassification": "text-classification"}
+AUTO_CLASSES = {"ForMaskedLM": "AutoModelForMaskedLM", "ForSequenceClassification": "AutoModelForSequenceClassification",
+                "ForQuestionAnswering": "AutoModelForQuestionAnswering"}
+"""Architecture suffix -> the transformers Auto class that loads it (else AutoModel)."""
+
+
+def auto_class(architecture: str) -> str:
+    return next((auto for suffix, auto in AUTO_CLASSES.items() if architecture.endswith(suffix)), "AutoModel")
+
+
+def load_arguments(architecture: str) -> str:
+    """Extra from_pretrained / pipeline arguments: remote code for unimask's own classes."""
+    return ", trust_remote_code=True" if architecture.startswith("Unimask") else ""
 
 
 def _architecture(model: dict[str, Any]) -> str:
@@ -23,19 +38,80 @@ def _architecture(model: dict[str, Any]) -> str:
 
 
 def _usage(architecture: str, example: str) -> list[str]:
-    pipeline = PIPELINES.get(architecture)
+    pipeline, extra, auto = PIPELINES.get(architecture), load_arguments(architecture), auto_class(architecture)
     lines = ["## How to load", "", "```python"]
     if pipeline:
-        lines += ["from transformers import pipeline", "", f'model = pipeline("{pipeline}", model="PATH")', example]
-    elif architecture == "BertForQuestionAnswering":   # transformers 5 has no question-answering pipeline
-        lines += ["import torch", "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "",
-                  'tokenizer = AutoTokenizer.from_pretrained("PATH")',
-                  'model = AutoModelForQuestionAnswering.from_pretrained("PATH")', example,
-                  "# the answer: the best span start <= end of context tokens, cut from the context by offsets",
-                  "# (or run `unimask predict` on a SQuAD JSON file)"]
+        lines += ["from transformers import pipeline", "", f'model = pipeline("{pipeline}", model="PATH"{extra})',
+                  example]
     else:
-        lines += ["from transformers import AutoModel", "", 'model = AutoModel.from_pretrained("PATH")']
-    return lines + ["```", "", "`PATH` is this directory.", ""]
+        lines += [f"from transformers import {auto}, AutoTokenizer", "",
+                  'tokenizer = AutoTokenizer.from_pretrained("PATH")', f'model = {auto}.from_pretrained("PATH"{extra})',
+                  example]
+    if auto == "AutoModelForQuestionAnswering":   # transformers 5 has no question-answering pipeline
+        lines += ["# the answer: the best span start <= end of context tokens, cut from the context by offsets",
+                  "# (or run `unimask predict` on a SQuAD JSON file)"]
+    lines += ["```", "", "`PATH` is this directory."]
+    if extra:
+        lines += ["", "The encoder has no transformers class of its own (pre-LN, a relative position bias or mean "
+                  "pooling), so the directory carries its code, `modeling_unimask.py` (torch and transformers "
+                  "only), and loading needs `trust_remote_code=True`."]
+    return lines + [""]
+
+
+def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str, remote: bool) -> str:
+    """README.md of an exported pretraining checkpoint: objective, architecture, data, steps, tokens
+    seen, the last validation record, usage."""
+    meta = _read_json(checkpoint / "meta.json") or {}
+    train, data = config.get("train") or {}, config.get("data") or {}
+    step = int(meta.get("step", 0))
+    tokens = step * int(train.get("batch_size", 0)) * int(train.get("grad_accum", 1)) * int(data.get("seq_len", 0))
+    lines = [f"# {config.get('objective_name')} encoder pretrained with unimask", "",
+             f"- **Architecture**: `{architecture}`; encoder: {_architecture(config.get('model') or {})}.",
+             f"- **Objective**: {config.get('objective_name')} (recipe size {config.get('size')}).",
+             f"- **Training**: {step:,} optimizer steps of {train.get('batch_size')} x {train.get('grad_accum', 1)} "
+             f"sequences of {data.get('seq_len')} tokens per process, {tokens:,} tokens per process; lr "
+             f"{train.get('lr')}, {train.get('warmup_steps')} warm-up steps, {train.get('schedule')} decay."]
+    manifest = _read_json(Path(str(data.get("path", ""))) / "manifest.json") if data.get("path") else None
+    if manifest and isinstance(manifest.get("splits"), dict):
+        splits = manifest["splits"]
+        lines.append("- **Data**: " + "; ".join(f"{name} {s.get('num_tokens', 0):,} tokens in {s.get('num_docs', 0):,} "
+                                                 f"documents" for name, s in splits.items())
+                     + f" (vocabulary {manifest.get('vocab_size')}, `{data.get('path')}`).")
+    valid = _last_valid(checkpoint, step)
+    if valid:
+        shown = {k: v for k, v in valid.items() if k not in ("split", "step") and isinstance(v, (int, float))}
+        lines.append(f"- **Last validation** (step {valid.get('step')}): "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + ".")
+    lines.append("")
+    lines += _usage(architecture, 'outputs = model(**tokenizer("a [MASK] sentence", return_tensors="pt"))')
+    lines += [f"Written by unimask {__version__} (`unimask export`).", ""]
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _last_valid(checkpoint: Path, step: int) -> dict | None:
+    """The run's last valid record at or before `step` (metrics.jsonl of the run directory), if any."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("split") == "valid" and int(record.get("step", 0)) <= step:
+            found = record
+    return found
 
 
 def finetuned_card(meta: dict[str, Any], architecture: str) -> str:

@@ -1,11 +1,11 @@
-"""`unimask export --to hf`: a checkpoint -> a directory that `transformers` loads as BERT.
+"""`unimask export --to hf`: a checkpoint -> a directory that `transformers` loads.
 
 The export is a rename table plus a parity test (DESIGN.md section 8, rule 9): unimask's post-LN,
 absolute-position `Encoder` is `transformers.BertModel` under other parameter names, and `LMHead` is
 `BertOnlyMLMHead` with the decoder tied to the word embeddings. tests/test_export.py checks that the
 exported model reproduces unimask's hidden states and MLM logits.
 
-Output directory:
+Output directory of a BERT-compatible encoder (native BERT, no remote code):
     config.json              BertConfig, architectures ["BertForMaskedLM"] (or ["BertModel"] without a head)
     model.safetensors        the renamed tensors, exactly the keys `save_pretrained` would write
     tokenizer.json           the checkpoint's tokenizer, unchanged
@@ -13,7 +13,11 @@ Output directory:
     vocab.txt                the WordPiece vocabulary, for readers that want the slow tokenizer
 
 Pre-LN encoders, encoders without absolute positions and encoders with a relative position bias
-have no BERT equivalent; `load_encoder` loads them (and every other checkpoint) as unimask modules.
+have no BERT equivalent: `export_checkpoint` writes them with remote code instead (export/remote.py:
+config.json of model_type "unimask" with an `auto_map`, model.safetensors under BERT's names wherever
+the architecture agrees, and modeling_unimask.py, which imports only torch and transformers), loaded
+with `AutoModel.from_pretrained(dir, trust_remote_code=True)`; tests/test_export_remote.py is their
+parity test. `export_encoder` writes native BERT only and refuses those encoders.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ not listed here export their encoder only, as `BertModel`."""
 SPECIAL_TOKENS: dict[str, str] = {
     "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
 }
-_LOAD_HINT = "load it with unimask.export.hf.load_encoder(checkpoint) instead (README: Export)"
+_LOAD_HINT = ("`unimask export` writes such encoders with remote code (export/remote.py), or load it with "
+              "unimask.export.hf.load_encoder(checkpoint) (README: Export)")
 
 
 class Exported(NamedTuple):
@@ -196,9 +201,15 @@ def _write_vocab_txt(tokenizer: Tokenizer, path: Path) -> None:
 
 def _check_tokenizer(directory: Path, tokenizer: Tokenizer) -> None:
     """The written tokenizer files must load in transformers and tokenize as the checkpoint's tokenizer.json."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
-    loaded = AutoTokenizer.from_pretrained(directory)
+    with tempfile.TemporaryDirectory() as alone:    # the tokenizer files only: no config.json, no model code
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, Path(alone) / name)
+        loaded = AutoTokenizer.from_pretrained(alone, model_max_length=1 << 30)   # probes may be long
     vocab = tokenizer.get_vocab()
     words = sorted(vocab, key=vocab.__getitem__)[5:85]
     probes = [" ".join(words[i:i + 8]) for i in range(0, len(words), 8)]
@@ -244,8 +255,10 @@ def export_encoder(
     tokenizer_json: Path,
     out: Path,
     overwrite: bool = False,
+    card: str | None = None,
 ) -> None:
-    """Write a transformers BERT directory to `out` (see the module docstring for its files).
+    """Write a transformers BERT directory to `out` (see the module docstring for its files), with the
+    model card `card` as README.md when given.
 
     `encoder_state` is an `Encoder` state dict (keys `embeddings.*`, `layers.*`); `head_state` an
     `LMHead` state dict (`dense.*`, `norm.*`, `bias`) -> BertForMaskedLM, or None -> BertModel.
@@ -274,18 +287,21 @@ def export_encoder(
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
                   metadata={"format": "pt"})
 
-    write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model)
+    write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model, card)
 
 
 def write_directory(out: Path, overwrite: bool, tokenizer: Tokenizer, tokenizer_json: Path, max_length: int,
-                    write_model: Callable[[Path], None]) -> None:
+                    write_model: Callable[[Path], None], card: str | None = None) -> None:
     """Write a transformers directory atomically: `write_model(tmp)` puts config.json and the weights
     (and any code) into a temporary sibling of `out`; the tokenizer files (tokenizer.json,
     tokenizer_config.json, vocab.txt for BERT-shaped vocabularies) are added and checked against
-    transformers' AutoTokenizer; then the directory replaces `out` (a non-empty `out` needs `overwrite`)."""
+    transformers' AutoTokenizer, and `card` as README.md; then the directory replaces `out` (a non-empty
+    `out` needs `overwrite`)."""
     tmp = _prepare_out(out, overwrite)
     try:
         write_model(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
         tokenizer_config = _tokenizer_config(tokenizer_json, max_length)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
@@ -418,11 +434,15 @@ def load_hf_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig, Tokenizer
 
 
 def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
-    """Export a checkpoint (or a run directory's latest) to `out`: BertForMaskedLM when its objective
-    has a tied LM head (`MLM_HEADS`), else BertModel."""
+    """Export a checkpoint (or a run directory's latest) to `out`: native BERT (BertForMaskedLM when its
+    objective has a tied LM head, `MLM_HEADS`, else BertModel) when BERT can hold the encoder, else
+    remote code (UnimaskForMaskedLM / UnimaskModel, export/remote.py). Objectives with auxiliary
+    networks (MAE-LM's decoder, ELECTRA's and COCO-LM's generators) export their encoder only."""
+    from .card import pretraining_card
+    from .remote import needs_remote_code, write_remote_model
+
     checkpoint = find_checkpoint(path)
     config = _read_config(checkpoint)
-    check_bert_compatible(_encoder_config(config, checkpoint))
     encoder, cfg = load_encoder(checkpoint)
     objective = config.get("objective_name")
     head_state = None
@@ -432,16 +452,40 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
             raise UserError(f"{checkpoint}/model.safetensors has no {MLM_HEADS[objective]}* tensors although its "
                             f"objective is {objective}; the checkpoint is damaged")
     out = Path(out).expanduser().resolve()
-    export_encoder(encoder.state_dict(), head_state, cfg, checkpoint / "tokenizer.json", out, overwrite=overwrite)
-    return Exported(checkpoint, "BertForMaskedLM" if head_state is not None else "BertModel", out)
+    tokenizer_json = checkpoint / "tokenizer.json"
+    remote = needs_remote_code(cfg)
+    architecture = ("Unimask" if remote else "Bert") + ("ForMaskedLM" if head_state is not None else "Model")
+    card = pretraining_card(checkpoint, config, architecture, remote)
+    if not remote:
+        export_encoder(encoder.state_dict(), head_state, cfg, tokenizer_json, out, overwrite=overwrite, card=card)
+        return Exported(checkpoint, architecture, out)
+
+    def write_model(directory: Path) -> None:
+        written = write_remote_model(directory, cfg, encoder.state_dict(), lm_head_state=head_state)
+        assert written == architecture, (written, architecture)
+
+    write_directory(out, overwrite, _read_tokenizer(tokenizer_json, cfg), tokenizer_json, cfg.max_positions,
+                    write_model, card)
+    return Exported(checkpoint, architecture, out)
 
 
-EXPORTERS = {"hf": export_checkpoint}
+def export_any(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
+    """A `unimask finetune` output (finetune.json in PATH or PATH/best) -> export/finetuned.py's
+    writer; anything else is a pretraining run or checkpoint -> `export_checkpoint`."""
+    path = Path(path).expanduser()
+    if any((candidate / "finetune.json").is_file() for candidate in (path, path / "best")):
+        from .finetuned import export_finetuned
+        return export_finetuned(path, out, overwrite)
+    return export_checkpoint(path, out, overwrite)
+
+
+EXPORTERS = {"hf": export_any}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `unimask export` options on `parser`."""
-    parser.add_argument("path", nargs="?", metavar="PATH", help="a run directory (its latest checkpoint) or a checkpoint")
+    parser.add_argument("path", nargs="?", metavar="PATH",
+                        help="a run directory (its latest checkpoint), a checkpoint, or a `unimask finetune` output")
     parser.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
     parser.add_argument("--to", choices=sorted(EXPORTERS), default="hf", help="target format (default %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -449,14 +493,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `unimask export` from parsed arguments; prints one line saying what was written."""
+    """Run `unimask export` from parsed arguments; prints one line saying what was written and how to load it."""
     if args.path and args.checkpoint and Path(args.path) != Path(args.checkpoint):
         raise UserError("PATH and --checkpoint name different checkpoints; pass one of them")
     path = args.path or args.checkpoint
     if not path:
         raise UserError("no checkpoint given; pass a run directory or checkpoint as PATH (or --checkpoint)")
+    from .card import PIPELINES, auto_class, load_arguments
     done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite)
-    loader = "AutoModelForMaskedLM" if done.architecture == "BertForMaskedLM" else "AutoModel"
-    print(f"wrote {done.architecture} from {done.checkpoint} to {done.out}; "
-          f"load it with transformers.{loader}.from_pretrained({str(done.out)!r})")
+    extra = load_arguments(done.architecture)
+    how = (f'transformers.pipeline("{PIPELINES[done.architecture]}", model={str(done.out)!r}{extra})'
+           if done.architecture in PIPELINES else
+           f"transformers.{auto_class(done.architecture)}.from_pretrained({str(done.out)!r}{extra})")
+    print(f"wrote {done.architecture} from {done.checkpoint} to {done.out} (model card: README.md); load it with {how}")
     return 0
