@@ -341,6 +341,7 @@ def test_whole_word_masking_without_a_word_convention_is_a_user_error(tmp_path, 
     code = cli.main(base + ["--out", str(tmp_path / "run_ww"), "--set", "objective.masking=whole_word"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"unimask pretrain: error: {message}"
+    assert not (tmp_path / "run_ww").exists()                  # refused before the run directory is made
     assert cli.main(base + ["--out", str(tmp_path / "run_token"), "--set", "objective.masking=token"]) == 0
     assert (tmp_path / "run_token" / "config.json").is_file()
 

@@ -192,17 +192,181 @@ def test_valid_split_is_deterministic_and_disjoint(tmp_path, corpus):
     assert decoded_valid == [squash(d.lower()) for d, v in zip(docs, in_valid) if v]
 
 
-def test_tiny_input_moves_last_doc_to_valid(tmp_path):
+def book_lines(n_lines: int, seed: int = 0) -> list[str]:
+    """Lines of a "book" (one paragraph a line, no blank line, so one document): 10-30 words each."""
+    rng = np.random.default_rng(seed)
+    return [f"{i} " + " ".join(rng.choice(WORDS, size=int(rng.integers(10, 30)))) + " ."
+            for i in range(n_lines)]
+
+
+def content(store: TokenStore) -> np.ndarray:
+    """The split's ids without the [SEP] that ends each document."""
+    return np.asarray(store.tokens)[np.asarray(store.tokens) != SPECIALS["sep"]]
+
+
+def line_starts_of(tok: Tokenizer, lines: list[str]) -> set[str]:
+    """The squashed text of each line's first 4 tokens (how a piece cut at that line begins)."""
+    return {squash(tok.decode(tok.encode(line, add_special_tokens=False).ids[:4])) for line in lines}
+
+
+def test_long_documents_are_held_out_by_tokens(tmp_path, monkeypatch):
+    """Two books, one document each (the Gutenberg layout): valid holds about valid_fraction of the
+    tokens, cut at line starts, not one whole book or nothing (issue 15, fault 6)."""
+    books = [book_lines(1500, seed=1), book_lines(400, seed=2)]
+    paths = [write_text(tmp_path / f"book{i}.txt", lines, sep="\n") for i, lines in enumerate(books)]
+    cfg = small_cfg(valid_fraction=0.1)
+    m = prepare(paths, tmp_path / "out", cfg, log=quiet)
+    train, valid = TokenStore(tmp_path / "out"), TokenStore(tmp_path / "out", "valid")
+    tok = train.tokenizer()
+
+    whole = [np.array(tok.encode("\n".join(lines), add_special_tokens=False).ids) for lines in books]
+    n = sum(ids.size for ids in whole)
+    assert n > 20 * prep.PIECE_TOKENS                                       # long documents, many pieces
+    assert content(train).size + content(valid).size == n                 # nothing lost or doubled
+    vocab = tok.get_vocab_size()
+    assert np.array_equal(np.bincount(np.concatenate([content(train), content(valid)]), minlength=vocab),
+                          np.bincount(np.concatenate(whole), minlength=vocab))
+    # each long document is held out to within one piece of its share (the books make ~67 and ~17 pieces)
+    assert abs(content(valid).size - 0.1 * n) <= 2 * prep.PIECE_TOKENS
+    assert valid.num_docs >= 7 and train.num_docs >= 2
+    starts = line_starts_of(tok, books[0] + books[1])
+    assert all(squash(tok.decode(d[:4].tolist())) in starts for d in stored_docs(valid))
+    total = len(train) + len(valid)
+    assert m["split"] == {"method": "pieces", "piece_tokens": prep.PIECE_TOKENS,
+                          "min_valid_tokens": prep.MIN_VALID_TOKENS, "min_valid_share": prep.MIN_VALID_SHARE,
+                          "valid_fraction": 0.1, "valid_token_fraction": len(valid) / total,
+                          "documents_cut": 2, "moved_to_valid_tokens": 0}
+    assert total == n + train.num_docs + valid.num_docs                    # one [SEP] per document
+
+    monkeypatch.setattr(prep, "BATCH_CHARS", 3000)                          # batching changes nothing
+    same_tokenizer = replace(cfg, tokenizer=str(tmp_path / "out" / "tokenizer.json"))
+    prepare(paths, tmp_path / "again", same_tokenizer, log=quiet)
+    for name in ("train.bin", "valid.bin", "train.idx.npy", "valid.idx.npy"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_piece_bounds_snap_to_lines_and_cover_the_document():
+    n = 10 * prep.PIECE_TOKENS + 77
+    bounds = prep._even_bounds(n)
+    assert bounds[0] == 0 and bounds[-1] == n and bounds.size == 11
+    assert set(np.diff(bounds)) <= {n // 10, n // 10 + 1}
+    lines = np.arange(0, n, 100)
+    snapped = prep._snap_to_lines(bounds, lines)
+    assert bounds.size == snapped.size and snapped[0] == 0 and snapped[-1] == n
+    assert set(snapped[1:-1]) <= set(lines) and np.all(np.abs(snapped - bounds) <= 50)
+    far = prep._snap_to_lines(bounds, np.array([3, n - 3]))               # no line near: token positions
+    assert np.array_equal(far, bounds)
+
+
+def test_line_starts_near_match_every_line_start(tmp_path, corpus):
+    """The bisection finds, per target token, the nearest line start on each side within the window:
+    the same as reading every token's offsets."""
+    prepare([corpus[0]], tmp_path / "out", small_cfg(), log=quiet)
+    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    doc = "\n".join(book_lines(60)) + "\n\n  \n" + "\n".join(book_lines(40, seed=5))
+    encoding = tok.encode(doc, add_special_tokens=False)
+    token_starts = np.array([start for start, _ in encoding.offsets])
+    every = np.unique(np.searchsorted(token_starts, [i + 1 for i, c in enumerate(doc) if c == "\n"]))
+    targets, window = np.arange(1, len(encoding) - 1, 37), 30
+    expected = set()
+    for t in targets:
+        lo, hi = max(t - window, 1), min(t + window, len(encoding) - 1)
+        before, after = every[(every >= lo) & (every <= t)], every[(every > t) & (every <= hi)]
+        expected |= set(before[-1:].tolist() + after[:1].tolist())
+    found = prep._line_starts_near(doc, encoding, targets, window)
+    assert found.tolist() == sorted(expected) and len(found) > len(targets)
+
+
+@pytest.mark.parametrize("valid_fraction", [0.01, 0.05, 0.3])
+def test_valid_pieces_take_the_share_of_a_long_document(valid_fraction):
+    for k in (2, 7, 100, 1234):
+        for doc in ("a", "b", "some other text"):
+            held = prep._valid_pieces(doc, k, valid_fraction)
+            assert held.shape == (k,)
+            assert int(held.sum()) in (int(np.floor(k * valid_fraction)), int(np.ceil(k * valid_fraction)))
+
+
+def test_small_corpus_gets_a_floor_of_valid_tokens(tmp_path):
+    """One short book at 1%: its share would be a fraction of one piece (or none); valid gets the
+    floor, min(MIN_VALID_TOKENS, MIN_VALID_SHARE of the tokens), from the end of train (from a piece
+    start when one is within a quarter piece of the floor, else from that token)."""
+    lines = book_lines(300, seed=3)
+    path = write_text(tmp_path / "book.txt", lines, sep="\n")
+    logs: list[str] = []
+    m = prepare([path], tmp_path / "out", small_cfg(valid_fraction=0.01), log=logs.append)
+    train, valid = TokenStore(tmp_path / "out"), TokenStore(tmp_path / "out", "valid")
+    tok = train.tokenizer()
+    n = len(tok.encode("\n".join(lines), add_special_tokens=False).ids)
+    assert 2 * prep.PIECE_TOKENS < n and 0.01 * n < prep.PIECE_TOKENS     # less than one piece of share
+    assert not prep._valid_pieces("\n".join(lines), n // prep.PIECE_TOKENS, 0.01).any()  # nor its phase
+    floor = min(prep.MIN_VALID_TOKENS, int(prep.MIN_VALID_SHARE * (n + 1)))
+    assert abs(len(valid) - floor) <= prep.PIECE_TOKENS // 4 + 1
+    assert m["split"]["moved_to_valid_tokens"] == len(valid) and m["split"]["documents_cut"] == 1
+    assert (train.num_docs, valid.num_docs) == (1, 1)
+    assert content(train).size + content(valid).size == n
+    assert np.array_equal(np.concatenate([content(train), content(valid)]),
+                          tok.encode("\n".join(lines), add_special_tokens=False).ids)   # the end of the book
+    assert any(line.startswith(f"valid: moved the last {len(valid)} train tokens") for line in logs)
+
+
+@pytest.mark.parametrize(
+    ("near", "within", "at", "cut"),
+    [(17, 2, 16, True),          # a remembered line / piece start inside the second document
+     (12, 2, 11, False),         # the second document's start
+     (10, 0, 11, False),         # on the first document's [SEP]: the next document instead
+     (20, 0, 20, True),          # nothing near: the token position itself
+     (40, 0, 30, True)],         # at most the last token and its [SEP]
+)
+def test_take_tail_moves_the_end_of_the_stream_without_losing_a_token(tmp_path, near, within, at, cut):
+    writer = prep._SplitWriter(tmp_path, "train", np.dtype("<u2"), sep_id=3)
+    flat = np.arange(10, 40, dtype=np.uint16)                                # 30 content tokens
+    writer.write_runs(flat, np.array([0, 10]), np.array([10, 20]), np.array([15]))
+    stream = np.concatenate([flat[:10], [3], flat[10:], [3]])               # flat 15 is stream 16
+    tail, lengths, was_cut = writer.take_tail(near, within)
+    counts = writer.finish()
+    kept = np.fromfile(tmp_path / "train.bin", np.uint16)
+    assert np.array_equal(tail, stream[at:]) and lengths.sum() == tail.size and was_cut == cut
+    assert np.array_equal(kept, np.append(stream[:at], [3]) if cut else stream[:at])
+    assert counts == {"num_tokens": kept.size, "num_docs": 2 if at > 11 else 1}
+    assert np.load(tmp_path / "train.idx.npy")[-1] == kept.size and kept[-1] == 3
+
+
+def test_tiny_corpus_holds_nothing_out_and_says_so(tmp_path):
+    """Three 2-token documents: even one document would be a third of the corpus, more than
+    MIN_VALID_SHARE; valid stays empty and a warning says why."""
     docs = ["one two", "three four", "five six"]
     assert not any(zlib.crc32(d.encode()) % 1_000_000 < 10_000 for d in docs)
     path = write_text(tmp_path / "t.txt", docs)
-    m = prepare([path], tmp_path / "out", small_cfg(valid_fraction=0.01), log=quiet)
-    assert m["splits"]["train"]["num_docs"] == 2 and m["splits"]["valid"]["num_docs"] == 1
-    train, valid = TokenStore(tmp_path / "out", "train"), TokenStore(tmp_path / "out", "valid")
-    assert len(train) + len(valid) == m["splits"]["train"]["num_tokens"] + m["splits"]["valid"]["num_tokens"]
-    assert (tmp_path / "out" / "train.bin").stat().st_size == 2 * len(train)
-    assert valid.tokenizer().decode(stored_docs(valid)[0].tolist()) == "five six"
-    assert valid.doc_offsets.tolist() == [0, len(valid)]
+    logs: list[str] = []
+    m = prepare([path], tmp_path / "out", small_cfg(valid_fraction=0.01), log=logs.append)
+    assert m["splits"] == {"train": {"num_tokens": 9, "num_docs": 3},       # 3 x (2 words + [SEP])
+                           "valid": {"num_tokens": 0, "num_docs": 0}}
+    warnings = [line for line in logs if line.startswith("warning")]
+    assert len(warnings) == 1 and "only 9 tokens" in warnings[0] and "valid is empty" in warnings[0]
+
+
+def test_documents_that_tokenize_to_nothing_are_dropped_and_counted(tmp_path):
+    """Documents of zero-width spaces only tokenize to no ids; they used to be kept as a lone [SEP]
+    (issue 15, fault 5)."""
+    docs = make_docs(12)
+    empty = "\u200b\u200b"
+    a = write_text(tmp_path / "a.txt", docs[:6] + [empty, "\u200b \u200b"] + docs[6:])
+    b = write_text(tmp_path / "b.txt", [empty, "\ufeff\u200b"])
+    c = write_text(tmp_path / "c.txt", docs[:3])
+    logs: list[str] = []
+    m = prepare([a, b, c], tmp_path / "out", small_cfg(valid_fraction=0), log=logs.append)
+    assert m["empty_documents"] == 4
+    assert [s["empty_documents"] for s in m["sources"]] == [2, 2, 0]
+    warnings = [line for line in logs if line.startswith("warning")]
+    assert len(warnings) == 2
+    for path, count in ((a, 2), (b, 2)):
+        (line,) = [w for w in warnings if str(path.resolve()) in w]
+        assert f"dropped {count} documents" in line
+    train = TokenStore(tmp_path / "out")
+    assert train.num_docs == 15 and all(d.size > 1 for d in stored_docs(train))
+    tok = train.tokenizer()
+    assert [squash(tok.decode(d[:-1].tolist())) for d in stored_docs(train)] == \
+        [squash(d.lower()) for d in docs + docs[:3]]
 
 
 # ---------------------------------------------------------------- idempotence, overwrite, reuse
@@ -230,6 +394,18 @@ def test_rerun_is_noop_and_differing_rerun_refuses(tmp_path, corpus):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out"]
 
 
+def test_directory_split_by_an_older_version_needs_overwrite(tmp_path, corpus):
+    path, _ = corpus
+    out = tmp_path / "out"
+    prepare([path], out, small_cfg(), log=quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["split"]                                           # as written before "pieces"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="split into train and valid by an older unimask.*--overwrite"):
+        prepare([path], out, small_cfg(), log=quiet)
+    assert "split" in prepare([path], out, small_cfg(), overwrite=True, log=quiet)
+
+
 def test_existing_out_dir(tmp_path, corpus):
     path, _ = corpus
     (tmp_path / "empty").mkdir()
@@ -253,7 +429,7 @@ def test_source_checksums(tmp_path, corpus):
     m = prepare([packed, path], tmp_path / "out", small_cfg(), log=quiet)
     for source, p in zip(m["sources"], (packed, path)):
         assert source == {"path": str(p.resolve()), "bytes": p.stat().st_size,
-                          "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                          "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "empty_documents": 0}
     tok = (tmp_path / "out" / "tokenizer.json").read_bytes()
     assert m["tokenizer_sha256"] == hashlib.sha256(tok).hexdigest()
 
@@ -309,6 +485,7 @@ def test_reused_tokenizer_without_specials_fails(tmp_path, corpus):
         ("notes.csv", "a,b\n", {}, "unknown file type"),
         ("empty.txt", "", {}, "no documents"),
         ("blank.txt", " \n\n \t\n", {}, "no documents"),
+        ("zw.txt", "\u200b\n\n\u200b\u200b\n", {}, r"all 2 documents of .*zw\.txt tokenize to nothing"),
         ("bad.jsonl", '{"text": "fine"}\n{"text": oops}\n', {}, r"bad\.jsonl:2: not valid JSON"),
         ("field.jsonl", '{"text": "fine"}\n\n{"body": "x"}\n', {}, r"field\.jsonl:3: .*'text'.*--text-field"),
         ("bytes.txt", b"fine\n\ncaf\xe9 au lait\n", {"on_invalid_utf8": "error"}, "not valid UTF-8"),
@@ -434,8 +611,9 @@ def test_real_enwiki_slice(tmp_path):
     path.write_text("".join(lines), encoding="utf-8")
     m = prepare([path], tmp_path / "out", PrepareConfig(vocab_size=3000), log=quiet)
     train, valid = TokenStore(tmp_path / "out"), TokenStore(tmp_path / "out", "valid")
-    n_docs = train.num_docs + valid.num_docs
+    n_docs = train.num_docs + valid.num_docs - m["split"]["documents_cut"]     # a cut one is in both
     assert n_docs == sum(1 for line in lines if line.startswith("= ")) and valid.num_docs >= 1
+    assert 0.005 < len(valid) / (len(train) + len(valid)) < 0.02
     assert m["vocab_size"] == 3000
     assert (train.tokens == SPECIALS["unk"]).mean() < 0.01
     tok = train.tokenizer()

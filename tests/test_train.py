@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,12 +20,21 @@ from conftest import tiny_run_config
 from unimask import config as config_mod
 from unimask.errors import UserError
 from unimask.train import checkpoint as ckpt
-from unimask.train.loop import train
+from unimask.train.loop import MetricsLog, train
 
 
 def curve(run: Path, split: str = "train") -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+
+
+def strict_records(path: Path) -> list[dict]:
+    """The records of a JSONL file, parsed as strict JSON (no NaN / Infinity), split at "\\n" only."""
+    def refuse(token: str):
+        raise ValueError(f"{path} holds {token}, which is not JSON")
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    return [json.loads(line, parse_constant=refuse) for line in text.split("\n")[:-1]]
 
 
 def overrides(cfg) -> list[str]:
@@ -41,7 +53,8 @@ def cli(args: list[str]) -> subprocess.Popen:
 
 
 def test_loss_falls_and_checkpoint_is_complete(kjv_data, tmp_path):
-    cfg = tiny_run_config(kjv_data, steps=60, batch_size=8, lr=3e-3, save_every=20, keep_last=2, eval_every=30)
+    cfg = tiny_run_config(kjv_data, steps=60, batch_size=8, lr=3e-3, save_every=20, keep_last=2,
+                          eval_every=30, eval_batches=20)         # 160 held-out blocks: a steady comparison
     last = train(cfg, tmp_path / "run", progress=False)
     losses = [l for _, l in curve(tmp_path / "run")]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
@@ -106,8 +119,8 @@ def test_gradient_accumulation_matches_one_big_batch(kjv_data):
     cfg.model.vocab_size = store.vocab_size
     vocab = Vocab(size=store.vocab_size, word_start=store.word_start_mask())
     loader = TrainLoader(Blocks(store, 32, True), 4, 0, OBJECTIVES["mlm"](cfg.objective, cfg.model, vocab).corrupt)
-    a, b = next(loader), next(loader)
-    assert a.labels.ne(-100).sum() != b.labels.ne(-100).sum()
+    a = next(loader)
+    b = next(b for b in loader if b.labels.ne(-100).sum() != a.labels.ne(-100).sum())
     both = TokenBatch(torch.cat([a.input_ids, b.input_ids]), labels=torch.cat([a.labels, b.labels]))
     weights = []
     for batches in ([a, b], [both]):
@@ -181,3 +194,65 @@ def test_time_budget_stops_with_an_evaluation_and_a_checkpoint(kjv_data, tmp_pat
     last = train(cfg, tmp_path / "run", progress=False)
     assert last["step"] == 1
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000001"]
+
+
+# ---------------------------------------------------------------- metrics.jsonl and empty evaluations
+
+
+def test_metrics_log_writes_non_finite_values_as_null_with_the_reason(tmp_path):
+    log = MetricsLog(tmp_path, enabled=True)
+    log.write({"split": "train", "step": 1, "loss": math.nan, "grad_norm": math.inf, "lr": 1e-3,
+               "extra": {"a": -math.inf, "b": 2.0}})
+    log.write({"split": "train", "step": 2, "loss": 3.5, "grad_norm": 0.25, "lr": 1e-3})
+    log.close()
+    first, second = strict_records(tmp_path / "metrics.jsonl")
+    assert first == {"split": "train", "step": 1, "loss": None, "grad_norm": None, "lr": 1e-3,
+                     "extra": {"a": None, "b": 2.0},
+                     "nonfinite": {"loss": "nan", "grad_norm": "inf", "extra.a": "-inf"}}
+    assert second == {"split": "train", "step": 2, "loss": 3.5, "grad_norm": 0.25, "lr": 1e-3}
+
+
+def test_truncate_after_splits_lines_at_newline_only_and_cleans_old_nan(tmp_path):
+    """A record may hold U+2028 (str.splitlines breaks there); a file from an older run may hold NaN;
+    a kill during a write may leave a torn last line."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"split": "train", "step": 1, "loss": 2.0, "note": "a\u2028b\x85c"},
+            {"split": "valid", "step": 2, "loss": float("nan")},
+            {"split": "train", "step": 3, "loss": 1.0}]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    path.write_text("\n".join(lines) + '\n{"split": "train", "st', encoding="utf-8")
+    assert "NaN" in lines[1] and "\u2028" in lines[0]
+    log = MetricsLog(tmp_path, enabled=True)
+    log.truncate_after(2)
+    log.close()
+    cleaned = {"split": "valid", "step": 2, "loss": None, "nonfinite": {"loss": "nan"}}
+    assert strict_records(path) == [rows[0], cleaned]
+
+
+def with_valid_split(data: Path, out: Path, ids: list[int]) -> Path:
+    """A copy of the prepared directory `data` whose valid split is the one document `ids` (none if empty)."""
+    shutil.copytree(data, out)
+    np.array(ids, np.uint16).tofile(out / "valid.bin")
+    np.save(out / "valid.idx.npy", np.array([0, len(ids)] if ids else [0], np.int64))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["valid"] = {"num_tokens": len(ids), "num_docs": int(bool(ids))}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize(("valid_ids", "blocks"), [([3], 1), ([], 0)], ids=["lone-sep", "empty"])
+def test_evaluation_with_nothing_to_score_says_so(kjv_data, tmp_path, capsys, valid_ids, blocks):
+    """A valid split that is a lone [SEP] (what prepare kept for a document of zero-width spaces) or
+    empty has no target: no made-up loss of 0, no NaN in metrics.jsonl (issue 15, fault 5)."""
+    data = with_valid_split(kjv_data, tmp_path / "data", valid_ids)
+    last = train(tiny_run_config(data, steps=2, eval_every=1), tmp_path / "run", progress=False)
+    expected = {"split": "valid", "blocks": blocks, "targets": 0, "loss": None, "reason": "nothing to score"}
+    assert last == {"step": 2, **expected}
+    records = strict_records(tmp_path / "run" / "metrics.jsonl")
+    assert [r for r in records if r["split"] == "valid"] == [{"step": 1, **expected}, {"step": 2, **expected}]
+    assert all(isinstance(r["loss"], float) for r in records if r["split"] == "train")
+    err = capsys.readouterr().err
+    plural = "" if blocks == 1 else "s"
+    assert f"step 1: valid: nothing to score ({blocks} block{plural}, 0 target tokens)" in err
+    assert f"done: 2 steps; valid: nothing to score ({blocks} block{plural}, 0 target tokens)" in err
+    assert "valid loss" not in err

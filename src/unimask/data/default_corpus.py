@@ -46,14 +46,14 @@ def write_chapters(src: Path, out: Path) -> None:
 
 
 def prepare_default(log=print) -> Path:
-    from .prepare import PrepareConfig, prepare
+    from .prepare import SPLIT_METHOD, PrepareConfig, prepare
 
     root = cache_dir() / CORPUS_NAME
     root.mkdir(parents=True, exist_ok=True)
     text = root / "kjv_chapters.txt"
     if not text.exists():
         write_chapters(kjv_jsonl(), text)
-    out = root / f"tokens-v{VOCAB_SIZE}"
+    out = root / f"tokens-v{VOCAB_SIZE}-{SPLIT_METHOD}"    # a cache made by another split method is left alone
     prepare([text], out, PrepareConfig(vocab_size=VOCAB_SIZE, valid_fraction=0.02), log=log)
     return out
 

@@ -5,7 +5,17 @@ Output directory (read by :class:`unimask.data.store.TokenStore`)::
     tokenizer.json                 BERT-style WordPiece tokenizer, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4
     train.bin, valid.bin           raw little-endian uint16/uint32 ids: every document's ids, then one [SEP]
     train.idx.npy, valid.idx.npy   int64 document start offsets, length n_docs + 1 (last = total tokens)
-    manifest.json                  format, dtype, vocab, counts, source checksums, config
+    manifest.json                  format, dtype, vocab, counts, source checksums, config, how it split
+
+Held-out text is chosen by tokens, not by documents, so `valid_fraction` is a share of the tokens
+whatever the document lengths (one book per file is one document): a document of fewer than
+2 * PIECE_TOKENS tokens goes whole to one split by a hash of its text; a longer one is cut into
+pieces of about PIECE_TOKENS tokens (at line starts where one is near, else at a token position) and
+every 1/valid_fraction-th piece is held out, from a phase set by a hash of the document. Adjacent
+pieces that land in the same split stay one document there. A corpus too small to give
+MIN_VALID_TOKENS that way has the end of its train stream moved to valid, up to MIN_VALID_SHARE of
+its tokens. Documents that tokenize to nothing (only characters the normalizer deletes, such as
+zero-width spaces) are dropped and counted per file.
 
 Everything is written into a hidden sibling directory and renamed into place at the end, so a failed
 run never leaves a half-written output.
@@ -19,7 +29,9 @@ arrays are deterministic given a tokenizer, so pass `--tokenizer` to reproduce a
 from __future__ import annotations
 
 import argparse
+import bisect
 import codecs
+import collections
 import gzip
 import hashlib
 import io
@@ -32,10 +44,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+)
 
 from unimask import __version__
 from unimask.errors import UserError
@@ -50,7 +64,13 @@ READ_CHARS = 1 << 22  # text read per step while streaming a file
 BATCH_CHARS = 1 << 23  # documents handed to encode_batch at once; bounds peak memory
 TRAIN_BATCH_CHARS = 1 << 20  # documents handed to the trainer at once
 HASH_BLOCK = 1 << 20
+SPLIT_METHOD = "pieces"  # recorded in the manifest; a directory split another way is not up to date
+PIECE_TOKENS = 512  # held-out routing unit of a long document, tokens: one 512-token block of text
+MIN_VALID_TOKENS = 2048  # held-out floor when valid_fraction > 0: 4 blocks of 512 or 16 of 128 tokens
+MIN_VALID_SHARE = 0.05  # ... but the floor never takes more than this share of the corpus's tokens
+CUT_MEMORY = 64  # piece starts remembered at the end of the train stream (a few MIN_VALID_TOKENS' worth)
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,7 +82,7 @@ class PrepareConfig:
     min_frequency: int = 2
     text_field: str = "text"  # for .jsonl inputs: each record is one document
     doc_split: str = "blank_line"  # for .txt/.txt.gz: "blank_line" | "line" | "file"
-    valid_fraction: float = 0.01  # held-out documents, chosen by a hash of the document text
+    valid_fraction: float = 0.01  # share of the tokens held out (whole documents or pieces of long ones)
     tokenizer: str | None = None  # an existing tokenizer.json to reuse instead of training one
     on_invalid_utf8: str = "replace"  # "replace" (U+FFFD, counted) | "error"
 
@@ -130,9 +150,11 @@ class _Source:
     bytes: int = 0
     sha256: str = ""
     invalid_utf8_bytes: int = 0
+    empty_documents: int = 0  # documents that tokenize to nothing, dropped
 
     def record(self) -> dict:
-        return {"path": str(self.path), "bytes": self.bytes, "sha256": self.sha256}
+        return {"path": str(self.path), "bytes": self.bytes, "sha256": self.sha256,
+                "empty_documents": self.empty_documents}
 
 
 def _kind(path: Path) -> str:
@@ -231,17 +253,22 @@ def _read_documents(source: _Source, cfg: PrepareConfig, log: Callable[[str], No
         log(f"warning: {source.path}: replaced {counter.bad_bytes} invalid UTF-8 bytes with U+FFFD")
 
 
-def _all_documents(sources: list[_Source], cfg: PrepareConfig, log: Callable[[str], None]) -> Iterator[str]:
-    for source in sources:
-        yield from _read_documents(source, cfg, log)
+def _all_documents(
+    sources: list[_Source], cfg: PrepareConfig, log: Callable[[str], None]
+) -> Iterator[tuple[int, str]]:
+    """(index of the source file, document) for every document of every file, in order."""
+    for i, source in enumerate(sources):
+        for doc in _read_documents(source, cfg, log):
+            yield i, doc
 
 
-def _batches(docs: Iterator[str], max_chars: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(items: Iterator[T], max_chars: int, chars_of: Callable[[T], int] = len) -> Iterator[list[T]]:
+    """Groups of documents (or of items holding one) of about `max_chars` characters."""
+    batch: list[T] = []
     chars = 0
-    for doc in docs:
-        batch.append(doc)
-        chars += len(doc)
+    for item in items:
+        batch.append(item)
+        chars += chars_of(item)
         if chars >= max_chars:
             yield batch
             batch, chars = [], 0
@@ -314,46 +341,215 @@ def _load_tokenizer(path: Path) -> Tokenizer:
         ) from None
 
 
-# ---------------------------------------------------------------- writing
+# ---------------------------------------------------------------- splitting
 
 
 def _in_valid(doc: str, valid_fraction: float) -> bool:
+    """Whether a short document is held out: a hash of its text falls below `valid_fraction`."""
     return zlib.crc32(doc.encode()) % 1_000_000 < valid_fraction * 1_000_000
+
+
+def _encode(tokenizer: Tokenizer, docs: list[str], offsets: bool) -> tuple[list[Encoding], list[bool]]:
+    """Each document's encoding, and whether it carries character offsets (to find its lines).
+
+    With `offsets`, only documents long enough to be cut (2 * PIECE_TOKENS characters or more) get
+    them, as they cost tokenizer time; the rare shorter one that still makes that many tokens is cut
+    at token positions only.
+    """
+    has_offsets = [offsets and len(doc) >= 2 * PIECE_TOKENS for doc in docs]
+    plain = iter(tokenizer.encode_batch_fast([d for d, o in zip(docs, has_offsets) if not o],
+                                             add_special_tokens=False))
+    located = iter(tokenizer.encode_batch([d for d, o in zip(docs, has_offsets) if o],
+                                          add_special_tokens=False))
+    return [next(located) if o else next(plain) for o in has_offsets], has_offsets
+
+
+def _even_bounds(num_tokens: int) -> np.ndarray:
+    """(k + 1,) token indices 0 = b0 < ... < bk = num_tokens cutting a document of at least
+    2 * PIECE_TOKENS tokens into k = num_tokens // PIECE_TOKENS pieces of equal size (PIECE_TOKENS to
+    2 * PIECE_TOKENS tokens)."""
+    k = num_tokens // PIECE_TOKENS
+    return np.rint(np.arange(k + 1) * (num_tokens / k)).astype(np.int64)
+
+
+def _line_starts_near(doc: str, encoding: Encoding, targets: np.ndarray, window: int) -> np.ndarray:
+    """(L,) increasing token indices: for each target token, where its line starts and where the
+    next line starts, if within `window` tokens of it.
+
+    A line starts at the first token after a newline. A newline is never inside a token (it is
+    whitespace to the BERT pre-tokenizer; a byte-level "Ċ" token stays with the line it ends), so
+    cutting the ids there cuts the text at the newline. This reads a few tokens' offsets per target
+    by bisection; the list of all offsets would cost seconds per ten million tokens.
+    """
+    def start(i: int) -> int:
+        return encoding.token_to_chars(i)[0]                                     # char offset of token i
+
+    found = set()
+    for t in targets.tolist():
+        lo, hi = max(t - window, 1), min(t + window, len(encoding) - 1)
+        before = doc.rfind("\n", encoding.token_to_chars(lo - 1)[1], start(t))   # after token lo - 1
+        after = doc.find("\n", start(t), start(hi))
+        if before >= 0:
+            found.add(lo + bisect.bisect_left(range(lo, t + 1), before + 1, key=start))
+        if after >= 0:
+            found.add(t + 1 + bisect.bisect_left(range(t + 1, hi + 1), after + 1, key=start))
+    return np.array(sorted(found), np.int64)
+
+
+def _snap_to_lines(bounds: np.ndarray, line_starts: np.ndarray) -> np.ndarray:
+    """`bounds` (from `_even_bounds`) with each inner one moved to the nearest of `line_starts` within
+    a quarter piece, so that held-out text begins and ends at a paragraph wherever one is near."""
+    quarter = (bounds[-1] / (bounds.size - 1)) / 4
+    if not line_starts.size or bounds.size < 3:
+        return bounds
+    inner = bounds[1:-1]                                                         # (k - 1,)
+    right = np.searchsorted(line_starts, inner).clip(max=line_starts.size - 1)
+    left = (right - 1).clip(min=0)
+    candidates = np.stack([line_starts[left], line_starts[right]])               # (2, k - 1)
+    nearest = candidates[np.abs(candidates - inner).argmin(0), np.arange(inner.size)]
+    # boundaries a piece apart, each moved at most a quarter piece: they stay increasing
+    inner = np.where(np.abs(nearest - inner) <= quarter, nearest, inner)
+    return np.concatenate([bounds[:1], inner, bounds[-1:]])
+
+
+def _piece_bounds(doc: str, encoding: Encoding, has_offsets: bool) -> np.ndarray:
+    """(k + 1,) token indices cutting a long document into pieces: even ones, moved to line starts
+    when the encoding has offsets to find them."""
+    bounds = _even_bounds(len(encoding))
+    if not has_offsets or bounds.size < 3:
+        return bounds
+    window = int(bounds[-1] / (bounds.size - 1) / 4)
+    return _snap_to_lines(bounds, _line_starts_near(doc, encoding, bounds[1:-1], window))
+
+
+def _valid_pieces(doc: str, num_pieces: int, valid_fraction: float) -> np.ndarray:
+    """(num_pieces,) bool: the held-out pieces of one long document.
+
+    Piece j is held out when j * valid_fraction + phase passes an integer, the phase in [0, 1) a hash
+    of the text: every (1 / valid_fraction)-th piece, floor or ceil of num_pieces * valid_fraction of
+    them, so a long document holds out its share of tokens to within one piece, spread through it
+    (a hash per piece would give one book anywhere from none to twice its share).
+    """
+    phase = zlib.crc32(doc.encode()) % 1_000_000 / 1_000_000
+    marks = np.floor(np.arange(num_pieces + 1) * valid_fraction + phase)        # (num_pieces + 1,)
+    return np.diff(marks) > 0
+
+
+@dataclass
+class _Routes:
+    """Where one batch's tokens go. Run r is `flat[starts[r]:starts[r] + lengths[r]]` of the batch's
+    concatenated ids, written as one document (plus [SEP]) of valid when `is_valid[r]`, else of train.
+    `cut_points` are flat positions inside train runs where a piece of a long document begins:
+    places where the train stream may be cut later (see `_SplitWriter.take_tail`)."""
+
+    starts: np.ndarray  # (R,) int64, increasing
+    lengths: np.ndarray  # (R,) int64 tokens, [SEP] not included, all > 0
+    is_valid: np.ndarray  # (R,) bool
+    cut_points: np.ndarray  # (C,) int64, increasing
+    documents_cut: int  # documents with pieces in both splits
+
+
+def _route(
+    docs: list[str], encodings: list[Encoding], has_offsets: list[bool], valid_fraction: float
+) -> _Routes:
+    """Runs of whole short documents and of same-split pieces of long ones; empty documents get none."""
+    num = np.fromiter((len(e) for e in encodings), np.int64, len(encodings))     # (D,) tokens
+    doc_starts = np.cumsum(num) - num                                            # (D,) flat positions
+    short = np.flatnonzero((num > 0) & (num < 2 * PIECE_TOKENS))
+    starts, lengths = [doc_starts[short]], [num[short]]
+    is_valid = [np.fromiter((_in_valid(docs[i], valid_fraction) for i in short), bool, short.size)]
+    cut_points, documents_cut = [np.zeros(0, np.int64)], 0
+    for i in np.flatnonzero(num >= 2 * PIECE_TOKENS):
+        bounds = _piece_bounds(docs[i], encodings[i], has_offsets[i])           # (k + 1,)
+        held = _valid_pieces(docs[i], bounds.size - 1, valid_fraction)         # (k,)
+        first = np.flatnonzero(np.concatenate([[True], held[1:] != held[:-1]]))  # (runs,) piece index
+        run_bounds = bounds[np.append(first, held.size)]                         # (runs + 1,)
+        starts.append(doc_starts[i] + run_bounds[:-1])
+        lengths.append(np.diff(run_bounds))
+        is_valid.append(held[first])
+        inner = np.arange(1, held.size)                                          # pieces after the first
+        cut_points.append(doc_starts[i] + bounds[inner[~held[inner]]])           # ... that start in train
+        documents_cut += bool(held.any() and not held.all())
+    order = np.argsort(np.concatenate(starts), kind="stable")
+    return _Routes(np.concatenate(starts)[order], np.concatenate(lengths)[order],
+                   np.concatenate(is_valid)[order], np.concatenate(cut_points), documents_cut)
+
+
+# ---------------------------------------------------------------- writing
 
 
 class _SplitWriter:
     """Appends documents (ids + [SEP]) to one flat .bin file and tracks their start offsets."""
 
-    def __init__(self, directory: Path, split: str, dtype: np.dtype):
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, sep_id: int):
         self.bin_path = directory / f"{split}.bin"
         self.idx_path = directory / f"{split}.idx.npy"
         self.dtype = dtype
+        self.sep_id = sep_id
         self._file = open(self.bin_path, "wb")
         self._lengths: list[np.ndarray] = []
+        self._cut_points: collections.deque[int] = collections.deque(maxlen=CUT_MEMORY)  # stream positions
         self.num_tokens = 0
 
-    @property
-    def num_docs(self) -> int:
-        return sum(lengths.size for lengths in self._lengths)
+    def write_runs(
+        self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, cut_points: np.ndarray
+    ) -> None:
+        """Append runs `flat[s:s + n]` as documents, each followed by [SEP]; the last CUT_MEMORY
+        `cut_points` (increasing flat positions inside the runs) are kept for `take_tail`."""
+        if not lengths.size:
+            return
+        out_lengths = lengths + 1                                                # (R,) with [SEP]
+        out_starts = np.cumsum(out_lengths) - out_lengths                        # (R,) in `ids`
+        edges = np.zeros(flat.size + 1, np.int8)                                 # +1 where a run starts,
+        edges[starts] += 1                                                       # -1 where it ends (each
+        edges[starts + lengths] -= 1                                             # index once: += is safe)
+        in_run = np.cumsum(edges[:-1], dtype=np.int8).view(bool)                 # (N,) runs are disjoint
+        ids = np.insert(flat[in_run], np.cumsum(lengths), self.sep_id)          # (sum(out_lengths),)
+        if cut_points.size:
+            points = cut_points[-CUT_MEMORY:]                                    # (C,)
+            run = np.searchsorted(starts, points, side="right") - 1             # (C,) the run holding each
+            self._cut_points.extend((self.num_tokens + out_starts[run] + points - starts[run]).tolist())
+        ids.tofile(self._file)
+        self._lengths.append(out_lengths)
+        self.num_tokens += int(ids.size)
 
-    def write(self, ids: np.ndarray, lengths: np.ndarray) -> None:
-        """`ids` is the concatenation of documents whose token counts (incl. [SEP]) are `lengths`."""
-        if lengths.size:
-            ids.astype(self.dtype, copy=False).tofile(self._file)
-            self._lengths.append(lengths)
-            self.num_tokens += int(ids.size)
+    def append(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Append whole documents: `ids` ends each one with its [SEP], `lengths` include it."""
+        ids.astype(self.dtype, copy=False).tofile(self._file)
+        self._lengths.append(lengths)
+        self.num_tokens += int(ids.size)
 
-    def pop_last(self) -> np.ndarray:
-        """Remove and return the ids of the last document written."""
+    def take_tail(self, near: int, within: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Remove the end of the stream and return it as (ids, document lengths with [SEP], whether a
+        document was cut in two).
+
+        It starts at the document or piece start nearest stream position `near`, at most
+        `within` tokens away, else at `near` itself (a token position). A cut document keeps its
+        first part here, ended by a new [SEP]. At least one token stays; what goes is more than a [SEP].
+        """
         self._file.flush()
-        last = self._lengths[-1]
-        n = int(last[-1])
-        self._lengths[-1] = last[:-1]
-        self.num_tokens -= n
-        tail = np.fromfile(self.bin_path, dtype=self.dtype, offset=self.num_tokens * self.dtype.itemsize)
-        self._file.seek(self.num_tokens * self.dtype.itemsize)
+        lengths = np.concatenate(self._lengths)                                  # (D,)
+        ends = np.cumsum(lengths)                                                # (D,)
+        lo, hi = 1, self.num_tokens - 2
+        near = min(max(near, lo), hi)
+        starts = np.concatenate([ends[:-1], np.fromiter(self._cut_points, np.int64)])
+        starts = starts[(starts >= lo) & (starts <= hi) & (np.abs(starts - near) <= within)]
+        at = int(starts[np.abs(starts - near).argmin()]) if starts.size else near
+        first = int(np.searchsorted(ends, at, side="right"))                    # the document holding `at`
+        if at == ends[first] - 1:                                          # its [SEP]: take the next one
+            at, first = at + 1, first + 1
+        doc_start = int(ends[first] - lengths[first])
+        tail = np.fromfile(self.bin_path, dtype=self.dtype, offset=at * self.dtype.itemsize)
+        tail_lengths = lengths[first:].copy()
+        tail_lengths[0] = ends[first] - at
+        self._file.seek(at * self.dtype.itemsize)
         self._file.truncate()
-        return tail
+        self._lengths, self.num_tokens = [lengths[:first]], at
+        self._cut_points.clear()
+        cut = at > doc_start
+        if cut:
+            self.append(np.array([self.sep_id], self.dtype), np.array([at - doc_start + 1], np.int64))
+        return tail, tail_lengths, cut
 
     def close(self) -> None:
         self._file.close()
@@ -369,30 +565,62 @@ class _SplitWriter:
 
 def _encode_into(
     tokenizer: Tokenizer,
-    docs: Iterator[str],
+    docs: Iterator[tuple[int, str]],
     writers: dict[str, _SplitWriter],
-    sep_id: int,
+    sources: list[_Source],
     valid_fraction: float,
     log: Callable[[str], None],
-) -> None:
-    """Tokenize in parallel batches and route each document to train or valid."""
+) -> int:
+    """Tokenize in parallel batches and route documents and pieces to train or valid; count the
+    documents that tokenize to nothing in their `sources`. Returns the documents cut between splits."""
     dtype = writers["train"].dtype
-    sep = (sep_id,)
-    total_docs = 0
-    for batch in _batches(docs, BATCH_CHARS):
-        encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) + 1 for e in encodings), np.int64, len(encodings))
-        stream = itertools.chain.from_iterable(x for e in encodings for x in (e.ids, sep))
-        ids = np.fromiter(stream, dtype, int(lengths.sum()))
-        is_valid = np.fromiter((_in_valid(d, valid_fraction) for d in batch), bool, len(batch))
-        if is_valid.any():
-            token_is_valid = np.repeat(is_valid, lengths)
-            writers["valid"].write(ids[token_is_valid], lengths[is_valid])
-            writers["train"].write(ids[~token_is_valid], lengths[~is_valid])
-        else:
-            writers["train"].write(ids, lengths)
+    total_docs = documents_cut = 0
+    for batch in _batches(docs, BATCH_CHARS, chars_of=lambda item: len(item[1])):
+        texts = [doc for _, doc in batch]
+        encodings, has_offsets = _encode(tokenizer, texts, offsets=valid_fraction > 0)
+        flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype,
+                           sum(len(e) for e in encodings))                      # (N,) the batch's ids
+        routes = _route(texts, encodings, has_offsets, valid_fraction)
+        held = routes.is_valid
+        writers["train"].write_runs(flat, routes.starts[~held], routes.lengths[~held], routes.cut_points)
+        writers["valid"].write_runs(flat, routes.starts[held], routes.lengths[held], np.zeros(0, np.int64))
+        for (source, _), encoding in zip(batch, encodings):
+            sources[source].empty_documents += not len(encoding)
+        documents_cut += routes.documents_cut
         total_docs += len(batch)
         log(f"tokenized {total_docs} documents")
+    return documents_cut
+
+
+def _min_valid_tokens(total_tokens: int) -> int:
+    """The held-out floor for a corpus of `total_tokens` (with [SEP]s) when valid_fraction > 0."""
+    return min(MIN_VALID_TOKENS, int(MIN_VALID_SHARE * total_tokens))
+
+
+def _top_up_valid(train: _SplitWriter, valid: _SplitWriter, valid_fraction: float) -> tuple[int, bool]:
+    """Move the end of the train stream to valid when valid holds fewer tokens than the floor (a small
+    corpus, or a few long documents whose phases missed). Returns (tokens moved, a document cut)."""
+    need = _min_valid_tokens(train.num_tokens + valid.num_tokens) - valid.num_tokens
+    if valid_fraction == 0 or need <= 0 or train.num_tokens < 3:
+        return 0, False
+    tail, lengths, cut = train.take_tail(train.num_tokens - need, within=PIECE_TOKENS // 4)
+    valid.append(tail, lengths)
+    return int(tail.size), cut
+
+
+def _split_settings() -> dict:
+    """How held-out text is chosen; a directory prepared with other settings is not up to date."""
+    return {"method": SPLIT_METHOD, "piece_tokens": PIECE_TOKENS, "min_valid_tokens": MIN_VALID_TOKENS,
+            "min_valid_share": MIN_VALID_SHARE}
+
+
+def _report_empty(sources: list[_Source], log: Callable[[str], None]) -> None:
+    """One warning line per file that had documents tokenizing to nothing (they were dropped)."""
+    for source in sources:
+        if source.empty_documents:
+            n = source.empty_documents
+            log(f"warning: {source.path}: dropped {n} document{'' if n == 1 else 's'} that tokenize to "
+                "nothing (only characters the tokenizer deletes, e.g. zero-width spaces)")
 
 
 def _write_outputs(
@@ -402,14 +630,26 @@ def _write_outputs(
     special_ids = _special_ids(tokenizer, "the tokenizer")
     vocab_size = tokenizer.get_vocab_size()
     dtype = np.dtype("<u2" if vocab_size <= 1 << 16 else "<u4")
-    writers = {split: _SplitWriter(tmp, split, dtype) for split in ("train", "valid")}
+    writers = {split: _SplitWriter(tmp, split, dtype, special_ids["sep"]) for split in ("train", "valid")}
+    train, valid = writers["train"], writers["valid"]
     try:
         docs = _all_documents(sources, cfg, log)
-        _encode_into(tokenizer, docs, writers, special_ids["sep"], cfg.valid_fraction, log)
-        train, valid = writers["train"], writers["valid"]
-        if cfg.valid_fraction > 0 and valid.num_tokens == 0 and train.num_docs >= 2:
-            last = train.pop_last()
-            valid.write(last, np.array([last.size], np.int64))
+        documents_cut = _encode_into(tokenizer, docs, writers, sources, cfg.valid_fraction, log)
+        if train.num_tokens + valid.num_tokens == 0:
+            empty = sum(s.empty_documents for s in sources)
+            raise UserError(
+                f"all {empty} documents of {', '.join(str(s.path) for s in sources)} tokenize to nothing "
+                "(only characters the tokenizer deletes, e.g. zero-width spaces); check the input's text"
+            )
+        _report_empty(sources, log)
+        floor = _min_valid_tokens(train.num_tokens + valid.num_tokens)
+        moved, cut = _top_up_valid(train, valid, cfg.valid_fraction)
+        total = train.num_tokens + valid.num_tokens
+        if moved:
+            log(f"valid: moved the last {moved} train tokens to valid, to hold out at least {floor} of "
+                f"{total}")
+        if cfg.valid_fraction > 0 and valid.num_tokens == 0:
+            log(f"warning: the corpus has only {total} tokens, too few to hold any out; valid is empty")
         splits = {name: writer.finish() for name, writer in writers.items()}
     finally:
         for writer in writers.values():
@@ -420,10 +660,18 @@ def _write_outputs(
         "vocab_size": vocab_size,
         "special_ids": special_ids,
         "splits": splits,
+        "split": {
+            **_split_settings(),
+            "valid_fraction": cfg.valid_fraction,
+            "valid_token_fraction": valid.num_tokens / total,
+            "documents_cut": documents_cut + cut,
+            "moved_to_valid_tokens": moved,
+        },
         "tokenizer_sha256": _file_sha256(tmp / "tokenizer.json"),
         "sources": [s.record() for s in sources],
         "config": asdict(cfg),
         "invalid_utf8_bytes": sum(s.invalid_utf8_bytes for s in sources),
+        "empty_documents": sum(s.empty_documents for s in sources),
         "created_by": f"unimask {__version__}",
     }
 
@@ -446,14 +694,20 @@ def _check_config(cfg: PrepareConfig) -> None:
         raise UserError(f"--min-frequency {cfg.min_frequency} is negative; use 0 or more")
 
 
-def _is_up_to_date(manifest_path: Path, sources: list[_Source], cfg: PrepareConfig) -> dict | None:
-    """The existing manifest if it was made from these exact sources and config, else None."""
+def _is_up_to_date(
+    manifest_path: Path, sources: list[_Source], cfg: PrepareConfig, same_split: bool = True
+) -> dict | None:
+    """The existing manifest if it was made from these exact sources and config (and, with
+    `same_split`, split into train and valid the way this version does), else None."""
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if manifest.get("format") != FORMAT or manifest.get("config") != asdict(cfg):
         return None
+    split = manifest.get("split") if isinstance(manifest.get("split"), dict) else {}
+    if same_split and {k: split.get(k) for k in _split_settings()} != _split_settings():
+        return None  # split another way (e.g. by whole documents only, before "pieces")
     recorded = manifest.get("sources", [])
     sizes = [(str(s.path), s.path.stat().st_size) for s in sources]
     if [(r.get("path"), r.get("bytes")) for r in recorded] != sizes:
@@ -479,6 +733,11 @@ def _check_out(out: Path, sources: list[_Source], cfg: PrepareConfig, overwrite:
             f"{out} exists and is not a prepared directory; pass --overwrite or choose another --out"
         )
     if (manifest := _is_up_to_date(manifest_path, sources, cfg)) is None:
+        if _is_up_to_date(manifest_path, sources, cfg, same_split=False) is not None:
+            raise UserError(
+                f"{out} was split into train and valid by an older unimask (by whole documents); "
+                "pass --overwrite to split it by tokens"
+            )
         raise UserError(
             f"{out} holds data prepared from other inputs or settings; "
             "pass --overwrite or choose another --out"
@@ -537,7 +796,8 @@ def prepare(
             log(f"reusing tokenizer {cfg.tokenizer} (vocab {tokenizer.get_vocab_size()})")
         else:
             log(f"training a WordPiece tokenizer (vocab {cfg.vocab_size}) on {len(sources)} file(s)")
-            tokenizer = _train_tokenizer(_all_documents(sources, cfg, lambda _: None), cfg)
+            texts = (doc for _, doc in _all_documents(sources, cfg, lambda _: None))
+            tokenizer = _train_tokenizer(texts, cfg)
             tokenizer.save(str(tmp / "tokenizer.json"))
         manifest = _write_outputs(tmp, tokenizer, sources, cfg, log)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -563,7 +823,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc-split", choices=DOC_SPLITS, default=d.doc_split,
                         help="document boundaries in text files (default %(default)s)")
     parser.add_argument("--valid-fraction", type=float, default=d.valid_fraction,
-                        help="fraction of documents held out for validation (default %(default)s)")
+                        help="share of the tokens held out for validation (default %(default)s)")
     parser.add_argument("--cased", action="store_true",
                         help="keep case and accents (default: lowercase and strip accents)")
     parser.add_argument("--min-frequency", type=int, default=d.min_frequency,

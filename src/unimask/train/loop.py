@@ -84,8 +84,31 @@ def autocast_for(precision: str, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
 
+def finite_record(record: dict) -> dict:
+    """`record` with every non-finite float (NaN, inf) replaced by None and a "nonfinite" entry naming
+    those fields and what they held ({"loss": "nan"}; nested ones as "outer.inner"), so the line is
+    strict JSON: RFC 8259 has no NaN, and the bare NaN Python's json writes breaks jq or JavaScript."""
+    bad: dict[str, str] = {}
+
+    def clean(value, name: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[name] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{name}.{k}" if name else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{name}.{i}") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(record, "")
+    return {**cleaned, "nonfinite": bad} if bad else record
+
+
 class MetricsLog:
-    """JSONL metrics in the run directory (+ TensorBoard when it is installed), main rank only."""
+    """JSONL metrics in the run directory (+ TensorBoard when it is installed), main rank only.
+
+    Every line is one strict-JSON record: non-finite values are written as null (see `finite_record`).
+    """
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.path = run_dir / "metrics.jsonl"
@@ -99,20 +122,35 @@ class MetricsLog:
                 pass
 
     def truncate_after(self, step: int) -> None:
-        """Drop records written after `step` (by a killed run, or a run that never checkpointed)."""
+        """Drop records written after `step` (by a killed run, or a run that never checkpointed).
+
+        Lines are split at "\\n" only (a record may hold U+2028 and other characters that
+        str.splitlines also breaks at); NaN written by older versions is read and rewritten as null;
+        a last line cut short by a kill during the write is dropped.
+        """
         if not (self.enabled and self.path.exists()):
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):                 # no newline after it: a torn last write
+                    continue
+                raise UserError(f"{self.path}:{number} is not a JSON record; "
+                                "remove that line, then --resume") from None
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(_json_line(r) for r in records if r["step"] <= step), encoding="utf-8")
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_json_line(record))
         if self.tb is not None:
             split = record.get("split", "train")
             for k, v in record.items():
@@ -122,6 +160,11 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _json_line(record: dict) -> str:
+    """One strict-JSON line; allow_nan=False: a non-finite value can never reach the file."""
+    return json.dumps(finite_record(record), allow_nan=False) + "\n"
 
 
 def _summed_metrics(outputs_sum: dict[str, torch.Tensor], num: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
@@ -221,18 +264,19 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if tcfg.steps < saved_step:       # before config.json is rewritten: the run stays as it was
                 raise UserError(f"train.steps={tcfg.steps} is below {existing}'s step {saved_step}; "
                                 f"set train.steps to at least {saved_step} to continue that run")
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-
-        # ---- model, objective, optimizer ----------------------------------------------------
+        # ---- objective (before the run directory: its errors must leave nothing behind) -----
         torch.manual_seed(tcfg.seed)
         vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
-                      word_start=store.word_start_mask())
+                      word_start=store.word_start_mask() if getattr(cfg.objective, "masking", "") == "whole_word" else None)
         try:
             objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
         except ValueError as e:
             raise UserError(f"invalid {cfg.objective_name} settings: {e}") from None
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        # ---- model, optimizer ---------------------------------------------------------------
         if info.world_size > 1:
             objective.all_gather = parallel.all_gather_with_grad
         plain = PretrainModel(Encoder(cfg.model), objective)
@@ -262,22 +306,26 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             parallel.barrier()
 
         def evaluate(at_step: int) -> dict:
+            """Score the first held-out batches. With no target to score (an empty valid split, or
+            blocks holding only special tokens) the record has loss None, not a made-up 0."""
             model.eval()
             sums: dict[str, torch.Tensor] = {}
-            total = torch.zeros(2)
+            total = torch.zeros(2)                                       # (summed loss, targets)
+            blocks = 0
             with torch.no_grad(), autocast():
                 for batch in eval_batches(valid_blocks, tcfg.batch_size, tcfg.eval_batches, tcfg.seed,
                                           objective.corrupt, info.rank, info.world_size):
                     out = model(batch.to(info.device))
                     total += torch.stack([out.loss.float().cpu(), out.num_targets.float().cpu()])
+                    blocks += batch.input_ids.shape[0]
                     for k, v in out.metrics.items():
                         sums[k] = sums.get(k, 0) + v.cpu()
             keys = sorted(sums)
-            vec = torch.cat([total] + [sums.get(k, torch.zeros(2)) for k in keys])
-            loss_sum, count, means = _unpack_metrics(parallel.all_reduce_sum(vec.to(info.device)).cpu(), keys)
+            vec = torch.cat([total, *[sums.get(k, torch.zeros(2)) for k in keys], torch.tensor([float(blocks)])])
+            vec = parallel.all_reduce_sum(vec.to(info.device)).cpu()    # (2 + 2 * len(keys) + 1,)
+            loss_sum, count, means = _unpack_metrics(vec[:-1], keys)
             model.train()
-            record = {"split": "valid", "step": at_step, "loss": loss_sum / max(count, 1.0),
-                      **objective.summarize(means)}
+            record = _eval_record(at_step, loss_sum, count, int(vec[-1].item()), objective.summarize(means))
             log.write(record)
             return record
 
@@ -315,7 +363,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 bar.update(1)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
                 last_eval = evaluate(step)
-                _say(bar, info, f"step {step}: valid loss {last_eval['loss']:.4f}")
+                _say(bar, info, f"step {step}: {_eval_summary(last_eval, brief=True)}")
             if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
                 save(step)
             if tcfg.time_budget_minutes and _out_of_time(elapsed, tcfg.time_budget_minutes, info):
@@ -327,12 +375,31 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         save(step)
         log.close()
         if info.is_main:
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items() if isinstance(v, float))
-            print(f"done: {step} steps; valid {summary}; checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}",
-                  file=sys.stderr)
+            print(f"done: {step} steps; {_eval_summary(last_eval)}; "
+                  f"checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}", file=sys.stderr)
         return last_eval
     finally:
         parallel.shutdown()
+
+
+def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means: dict[str, float]) -> dict:
+    """The valid record of one evaluation: the loss per target and the objective's means, or, when
+    no target was scored, loss None and the reason (a loss of 0 would read as a perfect model)."""
+    record = {"split": "valid", "step": step, "blocks": blocks, "targets": int(targets)}
+    if not targets:
+        return {**record, "loss": None, "reason": "nothing to score"}
+    return {**record, "loss": loss_sum / targets, **means}
+
+
+def _eval_summary(record: dict, brief: bool = False) -> str:
+    """The log text of an eval record: `valid loss 2.3456` (brief) or `valid loss 2.346, mlm_acc 0.41, ...`;
+    for an evaluation that scored nothing, says so with the blocks it saw (never formats None)."""
+    if record.get("loss") is None:
+        blocks = record["blocks"]
+        return f"valid: nothing to score ({blocks} block{'' if blocks == 1 else 's'}, 0 target tokens)"
+    if brief:
+        return f"valid loss {record['loss']:.4f}"
+    return "valid " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
 def _out_of_time(elapsed: float, budget_minutes: float, info) -> bool:
