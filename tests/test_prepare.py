@@ -367,6 +367,13 @@ def test_documents_that_tokenize_to_nothing_are_dropped_and_counted(tmp_path):
     tok = train.tokenizer()
     assert [squash(tok.decode(d[:-1].tolist())) for d in stored_docs(train)] == \
         [squash(d.lower()) for d in docs + docs[:3]]
+    jsonl = tmp_path / "d.jsonl"       # a record whose text is blank is an empty document too, counted
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in [docs[0], "  ", "", docs[1]]))
+    logs.clear()
+    m = prepare([jsonl], tmp_path / "out2", small_cfg(valid_fraction=0, tokenizer=str(tmp_path / "out" / "tokenizer.json")),
+                log=logs.append)
+    assert m["empty_documents"] == 2 and m["splits"]["train"]["num_docs"] == 2
+    assert any("dropped 2 documents" in line for line in logs)
 
 
 # ---------------------------------------------------------------- idempotence, overwrite, reuse

@@ -216,8 +216,7 @@ def _jsonl_documents(text: io.TextIOBase, path: Path, field: str) -> Iterator[st
                 f"{path}:{number}: record has no string field {field!r}; "
                 "name the text field with --text-field"
             )
-        if doc := value.strip():
-            yield doc
+        yield value.strip()      # a blank text is an empty document: dropped and counted like one
 
 
 def _read_documents(source: _Source, cfg: PrepareConfig, log: Callable[[str], None]) -> Iterator[str]:
