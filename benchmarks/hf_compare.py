@@ -71,7 +71,8 @@ def bert_config(cfg):
 def build_hf_engine(args, info, batches) -> bench.Engine:
     from transformers import BertForMaskedLM
 
-    from unimask.train.loop import TrainConfig, autocast_for
+    from unimask.runtime import autocast_for
+    from unimask.train.loop import TrainConfig
     from unimask.train.optim import build_optimizer
 
     cfg = bench.encoder_config(args.size, args.vocab)

@@ -101,7 +101,8 @@ class HFElectra(nn.Module):
 def build_hf_engine(args, info, ours: bench.Engine) -> bench.Engine:
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from unimask.train.loop import TrainConfig, autocast_for
+    from unimask.runtime import autocast_for
+    from unimask.train.loop import TrainConfig
     from unimask.train.optim import build_optimizer
 
     disc_cfg = bench.encoder_config(args.size, args.vocab)

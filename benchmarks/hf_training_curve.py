@@ -28,7 +28,7 @@ def main() -> None:
     from unimask.model.encoder import EncoderConfig
     from unimask.objectives import OBJECTIVES, Vocab
     from unimask.recipes import RECIPES
-    from unimask.train.loop import autocast_for
+    from unimask.runtime import autocast_for
     from unimask.train.optim import build_optimizer, build_scheduler
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -272,8 +272,8 @@ def run_rank(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.mask_prob < 1:
         raise UserError("--mask-prob must be in (0, 1)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from .runtime import resolve_device
+    device = resolve_device(args.device)
     runs = [analyze_run(p, label, args.data, args.batches, args.batch_size, args.mask_prob, args.seed, device)
             for p, label in zip(args.runs, _labels(args.runs))]
     report = {"settings": {"batches": args.batches, "batch_size": args.batch_size, "mask_prob": args.mask_prob,

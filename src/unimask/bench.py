@@ -239,7 +239,8 @@ def build_engine(objective_name: str, size: str, batch: int, seq: int, count: in
     from .objectives import OBJECTIVES, PretrainModel, Vocab
     from .model.encoder import Encoder
     from .train import parallel
-    from .train.loop import TrainConfig, autocast_for
+    from .runtime import autocast_for
+    from .train.loop import TrainConfig
     from .train.optim import build_optimizer
 
     tcfg = TrainConfig()

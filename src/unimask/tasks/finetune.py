@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig
-from ..train.loop import autocast_for
+from ..runtime import autocast_for, resolve_device
 from ..train.malloc import keep_freed_memory_on
 from ..train.optim import build_scheduler
 from .base import SpecialIds, Task, collate
@@ -164,16 +164,10 @@ class RunResult:
     stopped_early: bool = False
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list, list[dict]]], cfg: FinetuneConfig,
                  lr: float, seed: int, progress: bool = True) -> tuple[RunResult, dict[str, Tensor]]:
     """One run; returns its result and the state dict of its best evaluation (encoder.* and head.*)."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     keep_freed_memory_on(device)                      # as the trainer: no page faults at every CPU step
     autocast = autocast_for(cfg.precision, device)
     special = SpecialIds.of(pretrained.tokenizer)

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import UserError
+from ..runtime import resolve_device
 from .base import SpecialIds
 from .decoding import GenerationConfig, generate
 from .metrics import generation_scores, meteor_unavailable
@@ -90,8 +89,7 @@ def generate_from(ft: Any, args: argparse.Namespace) -> int:
     elif jsonl_refs and all(jsonl_refs):
         references = jsonl_refs
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     encoder, head = encoder.to(device), head.to(device)
     special = SpecialIds.of(tokenizer)
     source_ids = featurize_sources(sources, tokenizer, special, max_source_length)

@@ -251,9 +251,8 @@ def _emit(text: str, output: str | None) -> None:
 def _run_model(ft: Finetuned, features: list[dict], args: argparse.Namespace) -> Any:
     from tqdm import tqdm
 
-    from ..train.loop import autocast_for
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from ..runtime import autocast_for, resolve_device
+    device = resolve_device(args.device)
     ft.encoder.to(device), ft.head.to(device)
     special = SpecialIds.of(ft.tokenizer)
     with tqdm(total=len(features), unit="input", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:

@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ from typing import Literal
 import torch
 
 from ..errors import UserError
+from ..runtime import autocast_for
 from .malloc import keep_freed_memory_on
 
 
@@ -58,30 +58,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, not {self.lr}")
-
-
-_BF16_FASTER: dict[str, bool] = {}
-
-
-def bf16_is_faster(device: torch.device) -> bool:
-    """Whether bf16 matmuls beat fp32 here (AMX / AVX512-BF16 CPUs, Ampere+ GPUs); measured once."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if "cpu" not in _BF16_FASTER:
-        def clock(dtype):
-            a, b = torch.randn(512, 768, dtype=dtype), torch.randn(768, 768, dtype=dtype)
-            a @ b
-            t = time.perf_counter()
-            for _ in range(8):
-                a @ b
-            return time.perf_counter() - t
-        _BF16_FASTER["cpu"] = clock(torch.bfloat16) < 0.8 * clock(torch.float32)
-    return _BF16_FASTER["cpu"]
-
-
-def autocast_for(precision: str, device: torch.device):
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_is_faster(device))
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
 
 def finite_record(record: dict) -> dict:

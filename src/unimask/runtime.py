@@ -1,0 +1,67 @@
+"""One runtime for every command: the device, the precision and autocast, decided here.
+
+`precision` is one name everywhere (pretrain's train.precision, finetune / predict --precision, bench
+--dtype): "auto" (bf16 where it is faster: CUDA with bf16, AMX / AVX512-BF16 CPUs), "fp32" or "bf16".
+Anything else is a one-line error, never a silent fp32. `device` is "auto" (CUDA when there is one),
+"cpu", "cuda" or "cuda:N". The allocator setting is train/malloc.py's `keep_freed_memory_on`.
+Multi-process training picks each rank's device in train/parallel.py (its local rank).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Callable, ContextManager
+
+import torch
+
+from .errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+_BF16_FASTER: dict[str, bool] = {}
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of PRECISIONS, else a one-line UserError."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given. A device that is
+    not there (CUDA on a machine without it, a bad name) is a one-line UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: this machine has no CUDA device; use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def bf16_is_faster(device: torch.device) -> bool:
+    """Whether bf16 matmuls beat fp32 here (AMX / AVX512-BF16 CPUs, Ampere+ GPUs); measured once."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if "cpu" not in _BF16_FASTER:
+        def clock(dtype):
+            a, b = torch.randn(512, 768, dtype=dtype), torch.randn(768, 768, dtype=dtype)
+            a @ b
+            t = time.perf_counter()
+            for _ in range(8):
+                a @ b
+            return time.perf_counter() - t
+        _BF16_FASTER["cpu"] = clock(torch.bfloat16) < 0.8 * clock(torch.float32)
+    return _BF16_FASTER["cpu"]
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+    """A factory of the autocast context for `precision` on `device` (bf16 autocast or none)."""
+    use_bf16 = check_precision(precision) == "bf16" or (precision == "auto" and bf16_is_faster(device))
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
