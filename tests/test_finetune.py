@@ -190,7 +190,8 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     assert summary["f1"]["best"] >= summary["f1"]["median"]
     saved = json.loads((tmp_path / "out" / "best" / "finetune.json").read_text())
     assert saved["scores"]["dev"]["accuracy"] == summary["accuracy"]["best"]
-    options = {"pooling": pooling, "text_column": "text", "text_pair_column": None, "label_column": "label"}
+    options = {"pooling": pooling, "text_column": "text", "text_pair_column": None, "label_column": "label",
+               "skip_bad_rows": False}
     assert saved["labels"] == ["no", "yes"] and saved["task_options"] == options
     assert results["task_options"] == options
     assert (tmp_path / "out" / "results.md").read_text().startswith("# classify — tiny")

@@ -22,7 +22,7 @@ can be blocked, [SEP] is forbidden before `min_length` tokens and forced after `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import torch
@@ -34,12 +34,18 @@ from ..errors import UserError
 
 @dataclass
 class GenerationConfig:
-    beam_size: int = 5
-    length_penalty: float = 1.0       # alpha in score / length ** alpha; 0 = raw log-probability
-    blocked_ngram_size: int = 3       # no n-gram of this size twice in an output; 0 = allow repeats
-    min_length: int = 1               # tokens before [SEP] may end an output
-    max_length: int = 0               # tokens at most (then [SEP] is forced); 0 = the task's target budget
-    kv_cache: bool = True             # reuse keys/values (False: recompute the prefix at every step)
+    """Beam search settings (fine-tuning flags in brackets)."""
+
+    beam_size: int = field(default=5, metadata={"flag": "--beam", "help": "evaluation beam size (1 = greedy)"})
+    length_penalty: float = field(default=1.0, metadata={   # alpha in score / length ** alpha; 0 = raw log-prob
+        "help": "beam score = log-prob / length ** this"})
+    blocked_ngram_size: int = field(default=3, metadata={   # no n-gram of this size twice in an output
+        "flag": "--no-repeat-ngram", "help": "block repeated n-grams of this size (0: off)"})
+    min_length: int = field(default=1, metadata={"help": "fewest generated tokens before [SEP]"})
+    max_length: int = field(default=0, metadata={           # then [SEP] is forced; 0 = the task's target budget
+        "flag": "--max-gen-length", "dest": "max_gen_length",
+        "help": "most generated tokens (0: --max-target-length - 1)"})
+    kv_cache: bool = field(default=True, metadata={"cli": False})   # reuse keys/values (False: recompute)
 
     def __post_init__(self) -> None:
         checks = [

@@ -321,90 +321,22 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
     return results
 
 
-def _glue(name: str) -> Callable[[argparse.Namespace], Task]:
-    def build(args: argparse.Namespace) -> Task:
-        from .glue import GLUE_DIRS, glue_task
-        if not args.data:
-            raise UserError(f"--task {name} needs --data, the task's GLUE folder (e.g. glue/{GLUE_DIRS[name]})")
-        return glue_task(name, args.data, args.pooling, args.skip_bad_rows)
-    return build
-
-
-def _user(kind: str) -> Callable[[argparse.Namespace], Task]:
-    def build(args: argparse.Namespace) -> Task:
-        from .glue import user_task
-        missing = [flag for flag, value in (("--train", args.train), ("--dev", args.dev),
-                                            ("--text-column", args.text_column), ("--label-column", args.label_column))
-                   if not value]
-        if missing:
-            raise UserError(f"--task {kind} needs {', '.join(missing)}")
-        return user_task(kind, args.train, args.dev, args.text_column, args.label_column, args.text_pair_column,
-                         args.labels.split(",") if args.labels else None, args.pooling, args.skip_bad_rows)
-    return build
-
-
-def _squad(args: argparse.Namespace) -> Task:
-    from .squad import SquadTask
-    if not (args.train and args.dev):
-        raise UserError("--task squad needs --train and --dev, SQuAD v1.1 or v2.0 JSON files")
-    return SquadTask(train=args.train, dev=args.dev, doc_stride=args.doc_stride,
-                     max_answer_length=args.max_answer_length, null_threshold=args.null_threshold,
-                     skip_bad_rows=args.skip_bad_rows)
-
-
-def _seq2seq(args: argparse.Namespace) -> Task:
-    from .decoding import GenerationConfig
-    from .seq2seq import Seq2SeqTask
-
-    def split(name: str):
-        jsonl, src, tgt = getattr(args, name), getattr(args, f"{name}_src"), getattr(args, f"{name}_tgt")
-        if jsonl and (src or tgt):
-            raise UserError(f"--task seq2seq: give --{name} FILE.jsonl or --{name}-src/--{name}-tgt, not both")
-        if bool(src) != bool(tgt):
-            raise UserError(f"--task seq2seq: --{name}-src and --{name}-tgt go together (line-aligned text files)")
-        if not (jsonl or src):
-            raise UserError(f"--task seq2seq needs --{name} FILE.jsonl ({{\"src\": ..., \"tgt\": ...}} per line) "
-                            f"or --{name}-src SRC.txt --{name}-tgt TGT.txt")
-        return jsonl or (src, tgt)
-
-    generation = GenerationConfig(beam_size=args.beam, length_penalty=args.length_penalty,
-                                  blocked_ngram_size=args.no_repeat_ngram, min_length=args.min_length,
-                                  max_length=args.max_gen_length)
-    return Seq2SeqTask(split("train"), split("dev"), target_mask_prob=args.target_mask_prob,
-                       pseudo_keep_prob=args.pseudo_keep_prob, pseudo_random_prob=args.pseudo_random_prob,
-                       max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                       generation=generation, max_eval_examples=args.max_eval_examples,
-                       skip_bad_rows=args.skip_bad_rows)
-
-
-TASKS: dict[str, Callable[[argparse.Namespace], Task]] = {
-    **{name: _glue(name) for name in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")},
-    "classify": _user("classify"),
-    "regress": _user("regress"),
-    "squad": _squad,
-    "seq2seq": _seq2seq,
-}
-"""`--task` name -> a builder from the parsed arguments."""
-
 DEFAULT_MAX_LENGTH = {"squad": 384}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import tasks
+    from .options import add_config_arguments
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="a unimask run directory or checkpoint (any objective), or a transformers BERT directory")
-    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--task", required=True, choices=list(tasks()))
     p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
     p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file; seq2seq: a JSONL file")
     p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file; seq2seq: a JSONL file")
-    p.add_argument("--text-column", help="classify / regress: the text column (header name or JSONL key)")
-    p.add_argument("--text-pair-column", help="classify / regress: the second text of a pair, if any")
-    p.add_argument("--label-column", help="classify / regress: the label column")
-    p.add_argument("--labels", help="classify: comma-separated class names (default: those in the training file)")
-    p.add_argument("--skip-bad-rows", action="store_true",
-                   help="drop (and count in a warning) rows with a missing, null or invalid value, instead of "
-                        "refusing the file")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
-                   help="GLUE / classify / regress: the head reads [CLS]'s hidden state (BERT) or the mean over real tokens")
+    p.add_argument("--train-src", metavar="FILE", help="seq2seq: training sources, one per line")
+    p.add_argument("--train-tgt", metavar="FILE", help="seq2seq: training targets, line-aligned with --train-src")
+    p.add_argument("--dev-src", metavar="FILE", help="seq2seq: evaluation sources, one per line")
+    p.add_argument("--dev-tgt", metavar="FILE", help="seq2seq: evaluation references, line-aligned with --dev-src")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")
     p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
     p.add_argument("--random-init", action="store_true",
@@ -414,7 +346,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, nargs="+", default=list(d.seeds), help="seeds to sweep")
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default 128; squad 384)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per input (default 128; squad 384; seq2seq: source + target tokens)")
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--layer-decay", type=float, default=d.layer_decay, help="layer-wise lr decay factor (1 = off)")
@@ -427,30 +360,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-examples", type=int, default=d.max_train_examples, help="use the first N (0: all)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--doc-stride", type=int, default=128, help="squad: window stride in tokens")
-    p.add_argument("--max-answer-length", type=int, default=30, help="squad: longest answer in tokens")
-    p.add_argument("--null-threshold", type=float, default=0.0, help="squad v2.0: predict no answer above this")
-    s = p.add_argument_group("seq2seq (UniLM-style generation fine-tuning; --max-length = source + target tokens)")
-    s.add_argument("--train-src", metavar="FILE", help="training sources, one per line")
-    s.add_argument("--train-tgt", metavar="FILE", help="training targets, line-aligned with --train-src")
-    s.add_argument("--dev-src", metavar="FILE", help="evaluation sources, one per line")
-    s.add_argument("--dev-tgt", metavar="FILE", help="evaluation references, line-aligned with --dev-src")
-    s.add_argument("--target-mask-prob", type=float, default=0.7,
-                   help="probability that a target token is replaced in the true-token stream (s2s-ft: 0.4-0.8)")
-    s.add_argument("--pseudo-keep-prob", type=float, default=0.1,
-                   help="a target's substitute (its pseudo token, and its true-stream slot when replaced) is itself")
-    s.add_argument("--pseudo-random-prob", type=float, default=0.1,
-                   help="... or a random token; else [MASK]")
-    s.add_argument("--max-source-length", type=int, default=0,
-                   help="tokens of [CLS] source [SEP] (default: --max-length minus --max-target-length)")
-    s.add_argument("--max-target-length", type=int, default=48, help="tokens of target [SEP]")
-    s.add_argument("--beam", type=int, default=5, help="evaluation beam size (1 = greedy)")
-    s.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log-prob / length ** this")
-    s.add_argument("--no-repeat-ngram", type=int, default=3, help="block repeated n-grams of this size (0: off)")
-    s.add_argument("--min-length", type=int, default=1, help="fewest generated tokens before [SEP]")
-    s.add_argument("--max-gen-length", type=int, default=0, help="most generated tokens (0: --max-target-length - 1)")
-    s.add_argument("--max-eval-examples", type=int, default=0, help="decode only the first N dev examples (0: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    seen: set[str] = set()
+    configs = list(dict.fromkeys(kind.config for kind in tasks().values()))   # each task config once
+    for config in configs:
+        add_config_arguments(p.add_argument_group(f"{config.__name__} (tasks/{config.__module__.rsplit('.', 1)[-1]}.py)"),
+                             config, seen)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -461,7 +376,10 @@ def run(args: argparse.Namespace) -> int:
         encoder_dropout=args.encoder_dropout,
         eval_every=args.eval_every, patience=args.patience, max_train_examples=args.max_train_examples,
         precision=args.precision, device=args.device)
-    task = TASKS[args.task](args)
+    from . import tasks
+    from .options import config_from_args
+    kind = tasks()[args.task]
+    task = kind.build(args.task, config_from_args(kind.config, args), args)
     pretrained = load_pretrained(args.checkpoint, args.random_init, args.name)
     if cfg.max_length > pretrained.config.max_positions:
         raise UserError(f"--max-length {cfg.max_length} exceeds the model's {pretrained.config.max_positions} positions")

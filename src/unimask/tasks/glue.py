@@ -11,7 +11,7 @@ for classification, mean squared error for regression (one output).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +40,33 @@ class TableSpec:
     label: str | int
     pair: str | int | None = None
     header: bool = True
+
+
+@dataclass
+class SentenceConfig:
+    """Sentence-task settings (the `unimask finetune` flags are these fields). GLUE tasks read their
+    standard columns; `classify` / `regress` name them."""
+
+    text_column: str | None = field(default=None, metadata={
+        "help": "classify / regress: the text column (header name or JSONL key)", "predict": True})
+    text_pair_column: str | None = field(default=None, metadata={
+        "help": "classify / regress: the second text of a pair, if any", "predict": True})
+    label_column: str | None = field(default=None, metadata={"help": "classify / regress: the label column"})
+    labels: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "classify: comma-separated class names (default: those in the training file)"})
+    pooling: str = field(default="cls", metadata={
+        "choices": ("cls", "mean"),
+        "help": "GLUE / classify / regress: the head reads [CLS]'s hidden state (BERT) or the mean over real tokens"})
+    skip_bad_rows: bool = field(default=False, metadata={
+        "help": "drop (and count in a warning) rows with a missing, null or invalid value, instead of refusing the file"})
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise UserError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.labels is not None:
+            self.labels = tuple(str(label).strip() for label in self.labels)
+            if len(set(self.labels)) != len(self.labels) or not all(self.labels):
+                raise UserError(f"--labels {','.join(self.labels)} names a class twice or an empty class; list each once")
 
 
 @dataclass(frozen=True)
@@ -195,7 +222,7 @@ class SentenceTask(Task):
     def options(self) -> dict[str, Any]:
         """The pooling, and the columns the model was trained on (`unimask predict` reads them)."""
         return {"pooling": self.pooling, "text_column": self.table.text, "text_pair_column": self.table.pair,
-                "label_column": self.table.label}
+                "label_column": self.table.label, "skip_bad_rows": self.skip_bad_rows}
 
     def featurize(self, examples: list[Example], tokenizer: Tokenizer, special: SpecialIds,
                   max_length: int) -> list[dict[str, Any]]:
@@ -276,9 +303,7 @@ def user_task(kind: str, train: str | None, dev: str, text_column: str, label_co
         return SentenceTask("regress", files, table, None, "pearson", ("pearson", "spearman"), pooling=pooling,
                             skip_bad_rows=skip_bad_rows)
     if labels is not None:
-        labels = [label.strip() for label in labels]
-        if len(set(labels)) != len(labels) or not all(labels):
-            raise UserError(f"--labels {','.join(labels)} names a class twice or an empty class; list each once")
+        labels = list(SentenceConfig(labels=tuple(labels)).labels)
     task = SentenceTask("classify", files, table, tuple(labels or ()), "accuracy", ("accuracy",), pooling=pooling,
                         skip_bad_rows=skip_bad_rows)
     if labels is None:
@@ -287,3 +312,39 @@ def user_task(kind: str, train: str | None, dev: str, text_column: str, label_co
         raise UserError(f"classification needs at least two labels; {list(task.labels)} found in column {label_column!r}")
     task.scorers = ("accuracy", "f1") if len(task.labels) == 2 else ("accuracy",)
     return task
+
+
+# ---- the commands' entry points (tasks/__init__.py TASKS) ----------------------------------------
+
+def build(name: str, config: SentenceConfig, args: Any) -> SentenceTask:
+    """`unimask finetune --task NAME`: a GLUE task from its folder (--data), or classify / regress from
+    the user's --train / --dev files and the config's columns."""
+    if name in GLUE:
+        named = [flag for flag, value in (("--text-column", config.text_column), ("--label-column", config.label_column),
+                                          ("--text-pair-column", config.text_pair_column), ("--labels", config.labels))
+                 if value is not None]
+        if named:
+            raise UserError(f"--task {name} reads GLUE's own columns and classes; drop {', '.join(named)} "
+                            "(they are for --task classify / regress)")
+        if not getattr(args, "data", None):
+            raise UserError(f"--task {name} needs --data, the task's GLUE folder (e.g. glue/{GLUE_DIRS[name]})")
+        return glue_task(name, args.data, config.pooling, config.skip_bad_rows)
+    missing = [flag for flag, value in (("--train", args.train), ("--dev", args.dev),
+                                        ("--text-column", config.text_column), ("--label-column", config.label_column))
+               if not value]
+    if missing:
+        raise UserError(f"--task {name} needs {', '.join(missing)}")
+    return user_task(name, args.train, args.dev, config.text_column, config.label_column, config.text_pair_column,
+                     list(config.labels) if config.labels else None, config.pooling, config.skip_bad_rows)
+
+
+def load(name: str, meta: dict[str, Any]) -> SentenceTask:
+    """The task of a fine-tuned model (finetune.json), without data files."""
+    options = meta.get("task_options") or {}
+    pooling = options.get("pooling", "cls")
+    if name in GLUE:
+        spec = GLUE[name]
+        return SentenceTask(name, {}, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling)
+    labels = tuple(meta.get("labels") or ()) or None
+    table = TableSpec(options.get("text_column"), options.get("label_column"), options.get("text_pair_column"))
+    return SentenceTask(name, {}, table, labels, "accuracy" if labels else "pearson", (), pooling=pooling)

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -32,11 +32,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig
-from . import records
+from . import records, tasks
 from .base import SpecialIds, Task
-from .decoding import GenerationConfig
-from .glue import GLUE, Example, SentenceTask, TableSpec
-from .seq2seq import Seq2SeqTask
+from .glue import GLUE, Example, SentenceTask
 from .squad import SquadTask, decode_answers, read_squad
 
 
@@ -52,38 +50,6 @@ def find_best(path: str | Path) -> Path:
                         f"(`unimask finetune --checkpoint {path} --task ... --out DIR`) and pass that DIR")
     raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
                     "`unimask finetune`")
-
-
-def _sentence_task(meta: dict) -> Task:
-    name, options = meta["task"], meta.get("task_options") or {}
-    pooling = options.get("pooling", "cls")
-    if name in GLUE:
-        spec = GLUE[name]
-        return SentenceTask(name, {}, spec.table, spec.labels, spec.metric, spec.scorers, spec.eval_splits, pooling)
-    labels = tuple(meta.get("labels") or ()) or None
-    table = TableSpec(options.get("text_column"), options.get("label_column"), options.get("text_pair_column"))
-    return SentenceTask(name, {}, table, labels, "accuracy" if labels else "pearson", (), pooling=pooling)
-
-
-def _squad_task(meta: dict) -> Task:
-    options = meta.get("task_options") or {}
-    keys = ("max_query_length", "doc_stride", "n_best", "max_answer_length", "null_threshold", "version")
-    return SquadTask(**{k: options[k] for k in keys if k in options})
-
-
-def _seq2seq_task(meta: dict) -> Task:
-    options = meta.get("task_options") or {}
-    return Seq2SeqTask(max_source_length=int(options.get("max_source_length", 0)),
-                       max_target_length=int(options.get("max_target_length", 48)),
-                       generation=GenerationConfig(**options.get("generation", {})))
-
-
-TASK_BUILDERS: dict[str, Callable[[dict], Task]] = {
-    **{name: _sentence_task for name in (*GLUE, "classify", "regress")},
-    "squad": _squad_task,
-    "seq2seq": _seq2seq_task,
-}
-"""finetune.json "task" -> the task rebuilt from its saved options (no data files)."""
 
 
 @dataclass
@@ -113,13 +79,13 @@ def load_finetuned(path: str | Path) -> Finetuned:
         meta = json.loads((best / "finetune.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{best / 'finetune.json'} is not valid JSON ({e}); fine-tune again") from None
-    if meta.get("task") not in TASK_BUILDERS:
+    if meta.get("task") not in tasks():
         raise UserError(f"{best / 'finetune.json'} names task {meta.get('task')!r}, which this unimask cannot load; "
-                        f"known: {', '.join(TASK_BUILDERS)}")
+                        f"known: {', '.join(tasks())}")
     for name in ("model.safetensors", "tokenizer.json"):
         if not (best / name).is_file():
             raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
-    task = TASK_BUILDERS[meta["task"]](meta)
+    task = tasks()[meta["task"]].load(meta["task"], meta)
     encoder = Encoder(EncoderConfig(**meta["model"]))
     head = task.head(encoder, 0.0)
     state = load_file(str(best / "model.safetensors"))
@@ -299,18 +265,6 @@ def predict_squad(ft: Finetuned, args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_seq2seq(ft: Finetuned, args: argparse.Namespace) -> int:
-    from .generate import generate_from
-    return generate_from(ft, args)
-
-
-PREDICTORS: dict[str, Callable[[Finetuned, argparse.Namespace], int]] = {
-    **{name: predict_sentences for name in (*GLUE, "classify", "regress")},
-    "squad": predict_squad,
-    "seq2seq": predict_seq2seq,
-}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .generate import add_generation_arguments
     p.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, metavar="FT_RUN",
@@ -336,4 +290,4 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     ft = load_finetuned(args.checkpoint)
-    return PREDICTORS[ft.meta["task"]](ft, args)
+    return tasks()[ft.meta["task"]].predict_file(ft, args)

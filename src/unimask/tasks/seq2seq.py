@@ -31,7 +31,7 @@ split of Du et al. 2017: src-dev.txt / tgt-dev.txt) or a JSONL file with "src" a
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -216,6 +216,36 @@ def _note_meteor() -> None:
         _METEOR_NOTED = True
 
 
+@dataclass
+class Seq2SeqConfig:
+    """Seq2seq fine-tuning settings (the `unimask finetune` flags are these fields)."""
+
+    target_mask_prob: float = field(default=0.7, metadata={
+        "help": "probability that a target token is replaced in the true-token stream (s2s-ft: 0.4-0.8)"})
+    pseudo_keep_prob: float = field(default=0.1, metadata={
+        "help": "a target's substitute (its pseudo token, and its true-stream slot when replaced) is itself"})
+    pseudo_random_prob: float = field(default=0.1, metadata={"help": "... or a random token; else [MASK]"})
+    max_source_length: int = field(default=0, metadata={
+        "help": "tokens of [CLS] source [SEP] (0: --max-length minus --max-target-length)"})
+    max_target_length: int = field(default=48, metadata={"help": "tokens of target [SEP]"})
+    max_eval_examples: int = field(default=0, metadata={"help": "decode only the first N dev examples (0: all)"})
+    skip_bad_rows: bool = False
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.generation, dict):      # read back from finetune.json
+            self.generation = GenerationConfig(**self.generation)
+        if not 0 <= self.target_mask_prob <= 1:
+            raise UserError(f"target_mask_prob must be in [0, 1], not {self.target_mask_prob}")
+        if (min(self.pseudo_keep_prob, self.pseudo_random_prob) < 0
+                or self.pseudo_keep_prob + self.pseudo_random_prob > 1):
+            raise UserError("pseudo_keep_prob and pseudo_random_prob must be >= 0 and sum to at most 1")
+        if self.max_target_length < 2 or self.max_source_length < 0 or self.max_eval_examples < 0:
+            raise UserError("max_target_length must be >= 2; max_source_length and max_eval_examples >= 0")
+        if self.max_source_length and self.max_source_length < 3:
+            raise UserError("max_source_length must be >= 3 ([CLS], a token, [SEP])")
+
+
 class Seq2SeqTask(Task):
     """Source -> target generation (question generation, summarization) fine-tuned with pseudo masks."""
 
@@ -223,32 +253,17 @@ class Seq2SeqTask(Task):
     metric: ClassVar[str] = "rougeL"   # smoother than BLEU-4 for choosing the best evaluation; both are reported
     pretrained_head: ClassVar[str | None] = "lm"
 
-    def __init__(self, train: Any = None, dev: Any = None, *, target_mask_prob: float = 0.7,
-                 pseudo_keep_prob: float = 0.1, pseudo_random_prob: float = 0.1,
-                 max_source_length: int = 0, max_target_length: int = 48,
-                 generation: GenerationConfig | None = None, max_eval_examples: int = 0,
-                 skip_bad_rows: bool = False) -> None:
-        """`train` / `dev`: a JSONL file or a (source, target) pair of text files; `max_source_length`:
-        tokens of [CLS] source [SEP] (0: the fine-tuning max_length minus `max_target_length`);
-        `max_target_length`: tokens of target [SEP]; `generation`: the dev split's decoding;
-        `max_eval_examples`: decode only the first N dev examples (0: all); `target_mask_prob`,
-        `pseudo_keep_prob`, `pseudo_random_prob`: the target corruption (module docstring);
-        `skip_bad_rows`: drop (and count) pairs with a blank or missing side instead of refusing them."""
-        if not 0 <= target_mask_prob <= 1:
-            raise UserError(f"target_mask_prob must be in [0, 1], not {target_mask_prob}")
-        if min(pseudo_keep_prob, pseudo_random_prob) < 0 or pseudo_keep_prob + pseudo_random_prob > 1:
-            raise UserError("pseudo_keep_prob and pseudo_random_prob must be >= 0 and sum to at most 1")
-        self.pseudo_keep_prob, self.pseudo_random_prob = pseudo_keep_prob, pseudo_random_prob
-        if max_target_length < 2 or max_source_length < 0 or max_eval_examples < 0:
-            raise UserError("max_target_length must be >= 2; max_source_length and max_eval_examples >= 0")
-        if max_source_length and max_source_length < 3:
-            raise UserError("max_source_length must be >= 3 ([CLS], a token, [SEP])")
-        self.files = {"train": train, "dev": dev}
-        self.target_mask_prob = target_mask_prob
-        self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.generation = generation or GenerationConfig()
-        self.max_eval_examples = max_eval_examples
-        self.skip_bad_rows = skip_bad_rows
+    def __init__(self, train: Any = None, dev: Any = None, *, config: Seq2SeqConfig | None = None,
+                 **settings: Any) -> None:
+        """`train` / `dev`: a JSONL file or a (source, target) pair of text files; `config` or its
+        fields as keywords (Seq2SeqConfig)."""
+        config = config or Seq2SeqConfig(**settings)
+        self.config, self.files = config, {"train": train, "dev": dev}
+        self.target_mask_prob = config.target_mask_prob
+        self.pseudo_keep_prob, self.pseudo_random_prob = config.pseudo_keep_prob, config.pseudo_random_prob
+        self.max_source_length, self.max_target_length = config.max_source_length, config.max_target_length
+        self.generation, self.max_eval_examples = config.generation, config.max_eval_examples
+        self.skip_bad_rows = config.skip_bad_rows
         self._cache: dict[str, list[Seq2SeqExample]] = {}
         self._rng = torch.Generator().manual_seed(0)
         self._tokenizer: Tokenizer | None = None
@@ -294,9 +309,8 @@ class Seq2SeqTask(Task):
         return self._tokenizer, self._special
 
     def options(self) -> dict[str, Any]:
-        return {"target_mask_prob": self.target_mask_prob, "pseudo_keep_prob": self.pseudo_keep_prob,
-                "pseudo_random_prob": self.pseudo_random_prob, "max_source_length": self.max_source_length,
-                "max_target_length": self.max_target_length, "generation": asdict(self.generation)}
+        """The config, with the source budget fine-tuning settled on (`unimask predict` reads them)."""
+        return {**asdict(self.config), "max_source_length": self.max_source_length}
 
     # ---- model ----
 
@@ -378,3 +392,28 @@ class Seq2SeqTask(Task):
         encoder.train(was_training), head.train(was_training)
         _note_meteor()
         return self.score(examples, features, decode_texts(tokenizer, outputs))
+
+
+# ---- the commands' entry points (tasks/__init__.py TASKS) ----------------------------------------
+
+def build(name: str, config: Seq2SeqConfig, args: Any) -> Seq2SeqTask:
+    """`unimask finetune --task seq2seq`: JSONL files (--train / --dev) or line-aligned text files
+    (--train-src / --train-tgt, --dev-src / --dev-tgt)."""
+    def split(part: str) -> Any:
+        jsonl, src, tgt = getattr(args, part), getattr(args, f"{part}_src"), getattr(args, f"{part}_tgt")
+        if jsonl and (src or tgt):
+            raise UserError(f"--task seq2seq: give --{part} FILE.jsonl or --{part}-src/--{part}-tgt, not both")
+        if bool(src) != bool(tgt):
+            raise UserError(f"--task seq2seq: --{part}-src and --{part}-tgt go together (line-aligned text files)")
+        if not (jsonl or src):
+            raise UserError(f"--task seq2seq needs --{part} FILE.jsonl ({{\"src\": ..., \"tgt\": ...}} per line) "
+                            f"or --{part}-src SRC.txt --{part}-tgt TGT.txt")
+        return jsonl or (src, tgt)
+
+    return Seq2SeqTask(split("train"), split("dev"), config=config)
+
+
+def load(name: str, meta: dict[str, Any]) -> Seq2SeqTask:
+    """The task of a fine-tuned model (finetune.json), without data files."""
+    known = {f.name for f in fields(Seq2SeqConfig)}
+    return Seq2SeqTask(config=Seq2SeqConfig(**{k: v for k, v in (meta.get("task_options") or {}).items() if k in known}))

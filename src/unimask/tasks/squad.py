@@ -9,7 +9,7 @@ the [CLS] span is the "no answer" score: predict "" when it beats the best span 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +106,28 @@ def _problem(qa: dict, context: Any, seen: set[str], answers_needed: bool = True
     return None
 
 
+@dataclass
+class SquadConfig:
+    """SQuAD settings (the `unimask finetune` flags are these fields; BERT's run_squad defaults)."""
+
+    doc_stride: int = field(default=128, metadata={"help": "squad: tokens between the starts of consecutive windows"})
+    max_query_length: int = field(default=64, metadata={"help": "squad: question tokens kept"})
+    n_best: int = field(default=20, metadata={"help": "squad: best starts and ends combined into spans"})
+    max_answer_length: int = field(default=30, metadata={"help": "squad: longest answer in tokens"})
+    null_threshold: float = field(default=0.0, metadata={
+        "help": "squad v2.0: answer \"\" when the null score beats the best span by this", "predict": True})
+    version: str = field(default="auto", metadata={
+        "choices": ("auto", "1.1", "2.0"), "help": "squad: 2.0 allows unanswerable questions (auto: when the data has some)"})
+    skip_bad_rows: bool = field(default=False, metadata={
+        "help": "drop (and count in a warning) rows with a missing, null or invalid value, instead of refusing the file"})
+
+    def __post_init__(self) -> None:
+        if self.version not in ("auto", "1.1", "2.0"):
+            raise UserError(f"unknown SQuAD version {self.version!r}; use auto, 1.1 or 2.0")
+        if min(self.max_query_length, self.doc_stride, self.n_best, self.max_answer_length) < 1:
+            raise UserError("max_query_length, doc_stride, n_best and max_answer_length must be positive")
+
+
 class SquadTask(Task):
     """SQuAD v1.1/v2.0: span extraction scored by the official EM/F1 (best epoch by F1)."""
 
@@ -113,20 +135,16 @@ class SquadTask(Task):
     metric: ClassVar[str] = "f1"
 
     def __init__(self, train: str | Path | None = None, dev: str | Path | None = None, *,
-                 max_query_length: int = 64, doc_stride: int = 128, n_best: int = 20,
-                 max_answer_length: int = 30, null_threshold: float = 0.0, version: str = "auto",
-                 skip_bad_rows: bool = False) -> None:
-        """`doc_stride`: tokens between the starts of consecutive windows; `version`: "auto" (v2.0 when
-        the scored split has impossible questions), "1.1" or "2.0"."""
-        if version not in ("auto", "1.1", "2.0"):
-            raise UserError(f"unknown SQuAD version {version!r}; use auto, 1.1 or 2.0")
-        if min(max_query_length, doc_stride, n_best, max_answer_length) < 1:
-            raise UserError("max_query_length, doc_stride, n_best and max_answer_length must be positive")
+                 config: SquadConfig | None = None, **settings: Any) -> None:
+        """`config`, or its fields as keywords (SquadConfig: `doc_stride` = tokens between the starts of
+        consecutive windows; `version` "auto" = v2.0 when the scored split has impossible questions)."""
+        config = config or SquadConfig(**settings)
+        self.config = config
         self.paths = {"train": train, "dev": dev}
-        self.max_query_length, self.doc_stride = max_query_length, doc_stride
-        self.n_best, self.max_answer_length = n_best, max_answer_length
-        self.null_threshold, self.version = null_threshold, version
-        self.skip_bad_rows = skip_bad_rows
+        self.max_query_length, self.doc_stride = config.max_query_length, config.doc_stride
+        self.n_best, self.max_answer_length = config.n_best, config.max_answer_length
+        self.null_threshold, self.version = config.null_threshold, config.version
+        self.skip_bad_rows = config.skip_bad_rows
         self._cache: dict[str, list[SquadExample]] = {}
 
     def examples(self, split: str) -> list[SquadExample]:
@@ -198,9 +216,7 @@ class SquadTask(Task):
         """Window and decoding settings, and "version": "2.0" when the training data had unanswerable
         questions (`unimask predict` then answers "" above the null threshold)."""
         trained_v2 = self.is_v2(self._cache["train"]) if "train" in self._cache else self.version == "2.0"
-        return {"max_query_length": self.max_query_length, "doc_stride": self.doc_stride, "n_best": self.n_best,
-                "max_answer_length": self.max_answer_length, "null_threshold": self.null_threshold,
-                "version": "2.0" if trained_v2 else "1.1"}
+        return {**asdict(self.config), "version": "2.0" if trained_v2 else "1.1"}
 
     def is_v2(self, examples: list[SquadExample]) -> bool:
         """Whether `examples` are scored as v2.0 (null answers allowed, HasAns/NoAns reported)."""
@@ -278,3 +294,18 @@ def _rows(logits: Tensor | np.ndarray | list) -> list[np.ndarray]:
         return list(logits.astype(np.float64))  # (N, T) -> N rows of (T,)
     return [np.asarray(r.detach().float().cpu() if isinstance(r, Tensor) else r, dtype=np.float64)
             for r in logits]
+
+
+# ---- the commands' entry points (tasks/__init__.py TASKS) ----------------------------------------
+
+def build(name: str, config: SquadConfig, args: Any) -> SquadTask:
+    """`unimask finetune --task squad --train FILE --dev FILE`."""
+    if not (args.train and args.dev):
+        raise UserError("--task squad needs --train and --dev, SQuAD v1.1 or v2.0 JSON files")
+    return SquadTask(train=args.train, dev=args.dev, config=config)
+
+
+def load(name: str, meta: dict[str, Any]) -> SquadTask:
+    """The task of a fine-tuned model (finetune.json), without data files."""
+    known = {f.name for f in fields(SquadConfig)}
+    return SquadTask(config=SquadConfig(**{k: v for k, v in (meta.get("task_options") or {}).items() if k in known}))
