@@ -205,7 +205,7 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
     special = SpecialIds.of(pre.tokenizer)
     dev = task.examples("dev")
-    scores = task.evaluate(encoder, head, dev, task.featurize(dev, pre.tokenizer, special, 32), special.pad, 7,
+    scores = task.evaluate(encoder, head, dev, task.featurize(dev, pre.tokenizer, special, 32), pre.tokenizer, 7,
                       lambda: torch.autocast("cpu", enabled=False), torch.device("cpu"))
     assert scores["accuracy"] == pytest.approx(summary["accuracy"]["best"])
 

@@ -150,16 +150,17 @@ def test_loss_is_read_exactly_at_the_pseudo_tokens_of_all_targets():
     enc, head = tiny_model()
     enc.train()
     task, batch, _ = _task_batch()
-    task.head(enc, 0.0)
-    hidden = task.encode(enc, batch).detach().requires_grad_(True)   # (B, S + 2T, D)
-    replaced, predicted, target = batch["_replaced"], batch["_predicted"], batch["_target_ids"]
+    special = SpecialIds.of(word_tokenizer())
+    inputs = task.inputs(batch, special, enc.config, torch.Generator().manual_seed(0))    # training: corrupted
+    hidden = task.encode(enc, inputs).detach().requires_grad_(True)   # (B, S + 2T, D)
+    replaced, predicted, target = inputs["replaced"], inputs["predicted"], inputs["targets"]
     B, T = predicted.shape
     S = batch["input_ids"].shape[1]
     assert hidden.shape[1] == S + 2 * T
     lt = batch["target_length"]
     real = torch.arange(T)[None] < lt[:, None]
     assert torch.equal(predicted, real) and replaced.any() and not (replaced & ~real).any()
-    loss, count = task.loss(head, hidden, batch)
+    loss, count = task.loss(head, hidden, inputs)
     assert count == real.sum()
     loss.backward()
     touched = hidden.grad.abs().sum(-1) > 0                          # (B, L) positions the loss read
@@ -170,45 +171,34 @@ def test_loss_is_read_exactly_at_the_pseudo_tokens_of_all_targets():
     manual = sum(F.cross_entropy(head(hidden[b, S + T + i][None]), target[b, i][None], reduction="sum")
                  for b, i in real.nonzero().tolist())
     torch.testing.assert_close(loss, manual)
-    # evaluation feeds the clean targets and [MASK] pseudo tokens
-    enc.eval()
-    task.encode(enc, batch)
-    assert not batch["_replaced"].any()
+    # evaluation (no generator) feeds the clean targets and [MASK] pseudo tokens
+    clean = task.inputs(batch, special, enc.config)
+    assert not clean["replaced"].any() and (clean["input_ids"][:, S + T:][real] == MASK).all()
 
 
-def test_training_masks_are_seeded_and_evaluation_is_fixed():
+def test_training_masks_come_from_the_callers_generator_and_evaluation_is_fixed():
+    """No hidden state: the same generator state gives the same corruption, whatever was drawn before."""
     enc, _ = tiny_model()
     task, batch, _ = _task_batch(n=8)
-    torch.manual_seed(5)
-    task.head(enc, 0.0)
-    enc.train()
-    draws = []
-    for _ in range(2):
-        b = dict(batch)
-        task.encode(enc, b)
-        draws.append(b["_replaced"])
+    special = SpecialIds.of(word_tokenizer())
+    rng = torch.Generator().manual_seed(5)
+    draws = [task.inputs(batch, special, enc.config, rng)["replaced"] for _ in range(2)]
     assert not torch.equal(draws[0], draws[1])                        # a fresh draw per step
-    torch.manual_seed(5)
-    task.head(enc, 0.0)                                               # same seed -> same sequence of masks
-    again = []
-    for _ in range(2):
-        b = dict(batch)
-        task.encode(enc, b)
-        again.append(b["_replaced"])
-    assert all(torch.equal(a, b) for a, b in zip(draws, again))
-    enc.eval()
-    state = task._rng.get_state()
-    e1, e2 = dict(batch), dict(batch)
-    task.encode(enc, e1), task.encode(enc, e2)
-    assert torch.equal(e1["_replaced"], e2["_replaced"]) and torch.equal(task._rng.get_state(), state)
+    rng = torch.Generator().manual_seed(5)
+    again = [task.inputs(batch, special, enc.config, rng)["replaced"] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(draws, again))       # same seed -> same sequence of masks
+    torch.manual_seed(123)                                            # torch's global seed plays no part
+    state = torch.get_rng_state()
+    e1, e2 = task.inputs(batch, special, enc.config), task.inputs(batch, special, enc.config)
+    assert all(torch.equal(e1[k], e2[k]) for k in e1) and torch.equal(torch.get_rng_state(), state)
 
 
 def test_every_parameter_gets_a_gradient():
     enc, head = tiny_model("both")
     enc.train(), head.train()
     task, batch, _ = _task_batch(n=8)
-    task.head(enc, 0.0)
-    loss, count = task.loss(head, task.encode(enc, batch), batch)
+    inputs = task.inputs(batch, SpecialIds.of(word_tokenizer()), enc.config, torch.Generator().manual_seed(0))
+    loss, count = task.loss(head, task.encode(enc, inputs), inputs)
     (loss / count).backward()
     params = {f"encoder.{n}": p for n, p in enc.named_parameters()} | {f"head.{n}": p for n, p in head.named_parameters()}
     missing = [n for n, p in params.items() if p.grad is None or not p.grad.abs().sum() > 0]

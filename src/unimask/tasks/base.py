@@ -31,6 +31,7 @@ class SpecialIds:
     sep: int
     unk: int = 1
     mask: int = 4
+    vocab_size: int = 0     # the tokenizer's: random replacement tokens are drawn below it
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> "SpecialIds":
@@ -39,7 +40,7 @@ class SpecialIds:
         if missing:
             from ..errors import UserError
             raise UserError(f"the tokenizer has no {', '.join(missing)} token; fine-tuning needs BERT's special tokens")
-        return cls(**ids)
+        return cls(**ids, vocab_size=tokenizer.get_vocab_size())
 
 
 class Task:
@@ -73,9 +74,18 @@ class Task:
         must not register the encoder as a submodule (weights would be saved twice)."""
         raise NotImplementedError
 
+    def inputs(self, batch: dict[str, Tensor], special: SpecialIds, config: Any,
+               rng: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The model inputs of a collated batch (on its device), for a model of EncoderConfig `config`.
+        Training passes the run's generator, and a task may draw from it (seq2seq corrupts its targets);
+        evaluation and prediction pass None and get deterministic inputs. Default: the batch as it is."""
+        return batch
+
     def encode(self, encoder: Encoder, batch: dict[str, Tensor]) -> Tensor:
-        """Hidden states (B, T, D) of a batch; tasks with their own attention layout override this."""
-        return encoder(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
+        """Hidden states (B, T, D) of a batch of `inputs`: input_ids, token_type_ids, attention_mask
+        ((B, T) padding or (B, T, T) "may attend") and, when the task lays out its own, position_ids."""
+        return encoder(batch["input_ids"], position_ids=batch.get("position_ids"),
+                       token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(summed loss, number of terms) for one batch; the loop divides."""
@@ -91,7 +101,7 @@ class Task:
         raise NotImplementedError
 
     @torch.no_grad()
-    def outputs(self, encoder: Encoder, head: nn.Module, features: list[dict[str, Any]], pad_id: int,
+    def outputs(self, encoder: Encoder, head: nn.Module, features: list[dict[str, Any]], special: SpecialIds,
                 batch_size: int, autocast: Callable, device: torch.device,
                 progress: Callable[[int], None] | None = None) -> Tensor | tuple[Tensor, ...]:
         """`predict` on `features` in length order (less padding), concatenated on the CPU and put back
@@ -102,7 +112,8 @@ class Task:
         parts: list[tuple[Tensor, ...]] = []
         for start in range(0, len(order), batch_size):
             chunk = [features[i] for i in order[start:start + batch_size]]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            batch = self.inputs({k: v.to(device) for k, v in collate(chunk, special.pad).items()}, special,
+                                encoder.config)
             with autocast():
                 out = self.predict(head, self.encode(encoder, batch), batch)
             parts.append(tuple(o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))))
@@ -115,9 +126,11 @@ class Task:
         return outputs if len(outputs) > 1 else outputs[0]
 
     def evaluate(self, encoder: Encoder, head: nn.Module, examples: list[Any], features: list[dict[str, Any]],
-                 pad_id: int, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
-        """Score one split: `score` of `outputs`. Generation tasks override this with their decoder."""
-        return self.score(examples, features, self.outputs(encoder, head, features, pad_id, batch_size, autocast, device))
+                 tokenizer: Tokenizer, batch_size: int, autocast: Callable, device: torch.device) -> dict[str, float]:
+        """Score one split: `score` of `outputs`. Generation tasks override this with their decoder (the
+        tokenizer turns generated ids back into text)."""
+        outputs = self.outputs(encoder, head, features, SpecialIds.of(tokenizer), batch_size, autocast, device)
+        return self.score(examples, features, outputs)
 
 
 def _pad_cat(parts: list[Tensor]) -> Tensor:

@@ -196,6 +196,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
             order = torch.randperm(len(train_features), generator=rng).tolist()
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
         batch = {k: v.to(device) for k, v in collate([train_features[i] for i in idx], special.pad).items()}
+        batch = task.inputs(batch, special, encoder.config, rng)
         with autocast():
             loss, count = task.loss(head, task.encode(encoder, batch), batch)
         (loss / count.clamp(min=1)).backward()
@@ -209,7 +210,8 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item() / max(1, count.item()):.4f}", refresh=False)
         if step % eval_every == 0 or step == total:
-            scores = {split: task.evaluate(encoder, head, *data[split], special.pad, cfg.eval_batch_size, autocast, device)
+            scores = {split: task.evaluate(encoder, head, *data[split], pretrained.tokenizer, cfg.eval_batch_size,
+                                           autocast, device)
                       for split in task.eval_splits}
             result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
                                    "train_loss": float(loss_sum) / max(1, int(count_sum)), **scores})

@@ -222,7 +222,7 @@ def _run_model(ft: Finetuned, features: list[dict], args: argparse.Namespace) ->
     ft.encoder.to(device), ft.head.to(device)
     special = SpecialIds.of(ft.tokenizer)
     with tqdm(total=len(features), unit="input", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
-        return ft.task.outputs(ft.encoder, ft.head, features, special.pad, args.batch_size,
+        return ft.task.outputs(ft.encoder, ft.head, features, special, args.batch_size,
                                autocast_for(args.precision, device), device, progress=bar.update)
 
 

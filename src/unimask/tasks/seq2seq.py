@@ -265,9 +265,6 @@ class Seq2SeqTask(Task):
         self.generation, self.max_eval_examples = config.generation, config.max_eval_examples
         self.skip_bad_rows = config.skip_bad_rows
         self._cache: dict[str, list[Seq2SeqExample]] = {}
-        self._rng = torch.Generator().manual_seed(0)
-        self._tokenizer: Tokenizer | None = None
-        self._special: SpecialIds | None = None
 
     # ---- data ----
 
@@ -291,8 +288,8 @@ class Seq2SeqTask(Task):
     def featurize(self, examples: list[Seq2SeqExample], tokenizer: Tokenizer, special: SpecialIds,
                   max_length: int) -> list[dict[str, Any]]:
         """"input_ids" = [CLS] source [SEP] (cut to the source budget), "target_ids" = target [SEP]
-        (cut to max_target_length, padded to it), "target_length". Keeps the tokenizer for decoding."""
-        self._tokenizer, self._special = tokenizer, special
+        (cut to max_target_length, padded to it), "target_length". Settles the source budget, which
+        `options` saves."""
         self.max_source_length = self.source_budget(max_length)
         sources = featurize_sources([e.source for e in examples], tokenizer, special, self.max_source_length)
         targets = _untruncated(tokenizer).encode_batch([e.target for e in examples], add_special_tokens=False)
@@ -302,11 +299,6 @@ class Seq2SeqTask(Task):
             features.append({"input_ids": source, "example": i, "target_length": len(ids),
                              "target_ids": ids + [special.pad] * (self.max_target_length - len(ids))})
         return features
-
-    def _featurized(self) -> tuple[Tokenizer, SpecialIds]:
-        if self._tokenizer is None or self._special is None:
-            raise RuntimeError("featurize the data first (the task keeps the tokenizer and special ids)")
-        return self._tokenizer, self._special
 
     def options(self) -> dict[str, Any]:
         """The config, with the source budget fine-tuning settled on (`unimask predict` reads them)."""
@@ -322,53 +314,50 @@ class Seq2SeqTask(Task):
                             f"the model's {config.max_positions} positions; lower --max-source-length or --max-target-length")
 
     def head(self, encoder: nn.Module, dropout: float) -> nn.Module:
-        """The tied LM head (no dropout, as BERT's). Also seeds the target-masking generator from
-        torch's seed, which the fine-tuning loop has just set to the run's seed."""
+        """The tied LM head (no dropout, as BERT's)."""
         self.check_model(encoder.config, self.max_source_length + self.max_target_length)
-        self._rng = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         return tied_head(encoder)
 
-    def encode(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Hidden states (B, S + 2T, D) of the pseudo-mask layout; adds "_replaced" (B, T), the
-        corrupted true-stream slots, "_predicted" (B, T), the real targets, and "_target_ids" (B, T)
-        to `batch` for `loss`. Training corrupts with the task's generator; evaluation feeds the
-        clean targets and [MASK] pseudo tokens, as generation does (no training randomness used)."""
-        source, device = batch["input_ids"], batch["input_ids"].device
+    def inputs(self, batch: dict[str, Tensor], special: SpecialIds, config: Any,
+               rng: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The pseudo-mask layout of a collated batch: "input_ids" (B, S + 2T), "position_ids",
+        "token_type_ids", "attention_mask" (B, L, L), and for `loss` / `predict` "targets" (B, T) and
+        "predicted" (B, T), the real target tokens. Training (`rng` given) corrupts the targets as s2s-ft
+        does; evaluation feeds the clean targets and [MASK] pseudo tokens, as generation does."""
+        source = batch["input_ids"]                                                          # (B, S)
         source_lengths = batch["attention_mask"].sum(1)                                     # (B,)
         target_lengths = batch["target_length"]                                              # (B,)
         T = int(target_lengths.max())
         target = batch["target_ids"][:, :T]                                                  # (B, T)
-        special = self._featurized()[1]
-        if encoder.training:
+        if rng is not None:
             replaced, substitute = corrupt_targets(target, target_lengths, self.target_mask_prob, self.pseudo_keep_prob,
-                                                   self.pseudo_random_prob, special.mask, encoder.config.vocab_size,
-                                                   self._rng)
+                                                   self.pseudo_random_prob, special.mask,
+                                                   special.vocab_size or config.vocab_size, rng)
         else:
             replaced, substitute = torch.zeros_like(target, dtype=torch.bool), special.mask
-        input_ids = s2s_inputs(source, target, target_lengths, replaced, substitute, special.pad)
-        target_type = 1 if encoder.config.type_vocab_size >= 2 else 0
+        target_type = 1 if config.type_vocab_size >= 2 else 0
         positions, types, mask = s2s_layout(source_lengths, target_lengths, source.shape[1], T, target_type)
-        batch["_replaced"], batch["_target_ids"] = replaced, target
-        batch["_predicted"] = torch.arange(T, device=device)[None, :] < target_lengths[:, None]
-        return encoder(input_ids, position_ids=positions, token_type_ids=types, attention_mask=mask)
+        return {"input_ids": s2s_inputs(source, target, target_lengths, replaced, substitute, special.pad),
+                "position_ids": positions, "token_type_ids": types, "attention_mask": mask, "targets": target,
+                "replaced": replaced,
+                "predicted": torch.arange(T, device=source.device)[None, :] < target_lengths[:, None]}
 
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Summed cross-entropy at the pseudo token of every real target token, and their number."""
-        predicted, target = batch["_predicted"], batch["_target_ids"]                        # (B, T)
+        predicted, target = batch["predicted"], batch["targets"]                             # (B, T)
         states = hidden[:, -predicted.shape[1]:][predicted]                                  # (N, D) pseudo states
         logits = head(states).float()                                                        # (N, V)
         return F.cross_entropy(logits, target[predicted], reduction="sum"), predicted.sum()
 
     def predict(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Teacher-forced argmax at every pseudo token (B, T); evaluation generates instead."""
-        T = batch["_predicted"].shape[1]
+        T = batch["predicted"].shape[1]
         return head(hidden[:, -T:]).argmax(-1)
 
     # ---- evaluation ----
 
-    def generate(self, encoder: nn.Module, head: nn.Module, sources: list[list[int]], batch_size: int,
-                 device: torch.device) -> list[list[int]]:
-        special = self._featurized()[1]
+    def generate(self, encoder: nn.Module, head: nn.Module, sources: list[list[int]], special: SpecialIds,
+                 batch_size: int, device: torch.device) -> list[list[int]]:
         max_length = self.generation.max_length or self.max_target_length - 1
         return generate(encoder, head, sources, decoder_ids(special, encoder.config), self.generation, max_length,
                         batch_size=batch_size, pad_id=special.pad, device=device,
@@ -381,14 +370,14 @@ class Seq2SeqTask(Task):
 
     @torch.no_grad()
     def evaluate(self, encoder: nn.Module, head: nn.Module, examples: list[Seq2SeqExample],
-                 features: list[dict[str, Any]], pad_id: int, batch_size: int, autocast: Callable,
+                 features: list[dict[str, Any]], tokenizer: Tokenizer, batch_size: int, autocast: Callable,
                  device: torch.device) -> dict[str, float]:
         """Beam-search every source (`self.generation`), decode to text, score against the targets."""
-        tokenizer = self._featurized()[0]
         was_training = encoder.training
         encoder.eval(), head.eval()
         with autocast():
-            outputs = self.generate(encoder, head, [f["input_ids"] for f in features], batch_size, device)
+            outputs = self.generate(encoder, head, [f["input_ids"] for f in features], SpecialIds.of(tokenizer),
+                                    batch_size, device)
         encoder.train(was_training), head.train(was_training)
         _note_meteor()
         return self.score(examples, features, decode_texts(tokenizer, outputs))
