@@ -45,6 +45,7 @@ def test_classifier_pipeline_gives_predicts_labels_and_probabilities(classifier,
     classify = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
     results = classify(texts, top_k=None, batch_size=8)                     # padded batches of 8
     theirs = torch.tensor([[{d["label"]: d["score"] for d in r}[label] for label in ("no", "yes")] for r in results])
+    print(f"classification: pipeline vs predict, max abs diff of probabilities {(ours - theirs).abs().max():.2e}")
     assert (ours - theirs).abs().max() <= 1e-4
     assert [r[header.index("prediction")] for r in rows] == [max(r, key=lambda d: d["score"])["label"] for r in results]
 
@@ -71,6 +72,7 @@ def test_pair_regression_pipeline_gives_predicts_targets(kjv_data, tmp_path: Pat
     regress = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
     results = regress([{"text": a, "text_pair": b} for a, b, _ in rows], batch_size=8)
     theirs = torch.tensor([r["score"] for r in results])
+    print(f"pair regression: pipeline vs predict, max abs diff of targets {(ours - theirs).abs().max():.2e}")
     assert (ours - theirs).abs().max() <= 1e-4
 
 
@@ -145,6 +147,7 @@ def test_mean_pooling_exports_with_remote_code_and_the_pipeline_agrees(classifie
     classify = pipeline("text-classification", model=str(tmp_path / "mean"), device="cpu", trust_remote_code=True)
     results = classify([r[header.index("text")] for r in rows], top_k=None, batch_size=8)
     theirs = torch.tensor([[{d["label"]: d["score"] for d in r}[label] for label in ("no", "yes")] for r in results])
+    print(f"mean pooling (remote code): pipeline vs predict, max abs diff {(ours - theirs).abs().max():.2e}")
     assert (ours - theirs).abs().max() <= 1e-4
 
 
