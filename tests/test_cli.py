@@ -89,3 +89,35 @@ def test_pretrain_runs_and_writes_a_checkpoint(kjv_data, tmp_path, capsys):
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unimask pretrain: error:") and "--resume" in lines[0]
+
+
+def test_ctrl_c_says_what_each_command_kept(kjv_data, tmp_path, capsys, monkeypatch):
+    """Issue 21: `--resume` is offered only where a checkpoint exists; other commands say nothing was written."""
+    import unimask.train.loop as loop
+
+    cfg = tiny_run_config(kjv_data, steps=2, save_every=2)
+    args = ["pretrain", "--out", str(tmp_path / "run"), "--quiet"] + [a for s in overrides(cfg) for a in ("--set", s)]
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train", interrupt)
+        assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was written yet" in err and "--resume" not in err
+    assert main(args) == 0                                        # now there is a checkpoint at step 2
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train", interrupt)
+        assert main(args + ["--resume"]) == 130
+    err = capsys.readouterr().err
+    assert "step_00000002, is intact; continue with" in err and "--resume" in err
+    with monkeypatch.context() as m:
+        import unimask.tasks.finetune as ft
+        m.setattr(ft, "sweep", interrupt)
+        (tmp_path / "d.tsv").write_text("text\tlabel\na\tx\nb\ty\n")
+        assert main(["finetune", "--checkpoint", str(tmp_path / "run"), "--task", "classify", "--train",
+                     str(tmp_path / "d.tsv"), "--dev", str(tmp_path / "d.tsv"), "--text-column", "text",
+                     "--label-column", "label", "--max-length", "32"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; no output was written" in err and "--resume" not in err

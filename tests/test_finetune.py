@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -383,3 +384,28 @@ def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert lines[0] == "index\tprediction" and len(lines) == 1822
     assert [line.split("\t")[0] for line in lines[1:]] == [line.split("\t")[0] for line in test.read_text().splitlines()[1:]]
     assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
+
+
+def test_an_output_is_never_half_written_nor_silently_replaced(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 21: results of an earlier fine-tuning are kept unless --overwrite; an interrupted sweep
+    leaves no output directory (everything is written into a hidden sibling renamed at the end)."""
+    import unimask.tasks.finetune as ft
+
+    task = _keyword_task(tmp_path)
+    cfg = FinetuneConfig(lrs=(3e-3,), seeds=(1,), epochs=1, batch_size=16, precision="fp32", max_length=32)
+    pre = load_pretrained(checkpoint, name="tiny")
+    out = tmp_path / "runs" / "out"
+    sweep(task, pre, cfg, out, progress=False)
+    first = (out / "results.json").read_text()
+    with pytest.raises(UserError, match="already holds a fine-tuning output; pass --overwrite"):
+        sweep(task, pre, cfg, out, progress=False)
+    assert (out / "results.json").read_text() == first
+    sweep(task, pre, replace(cfg, seeds=(2,)), out, progress=False, overwrite=True)
+    assert json.loads((out / "results.json").read_text())["runs"][0]["seed"] == 2
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ft, "finetune_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(task, pre, cfg, tmp_path / "runs" / "cut", progress=False)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["out"]      # no "cut", no temporary

@@ -87,8 +87,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unimask {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"unimask {args.command}: interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr)
+        print(f"unimask {args.command}: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command kept and what to run next (each writes its output only when done)."""
+    if args.command == "pretrain":
+        from .train import checkpoint as ckpt_mod
+        out = Path(args.out or f"runs/{args.recipe or 'demo'}")
+        latest = ckpt_mod.latest_checkpoint(out) if ckpt_mod.list_checkpoints(out) else None
+        if latest is None:
+            return f"no checkpoint was written yet, so {out} cannot be resumed; run the command again to start over"
+        return (f"the last checkpoint, {latest}, is intact; continue with "
+                f"`unimask pretrain --out {out} --resume`")
+    kept = {"finetune": "no output was written (a sweep's directory appears only when it has finished)",
+            "predict": "no output was written", "generate": "no output file was written",
+            "bench": "no record was written"}
+    return kept.get(args.command, "nothing was written (outputs appear only when complete)") + "; run it again"
 
 
 if __name__ == "__main__":

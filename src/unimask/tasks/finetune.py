@@ -281,8 +281,32 @@ def _write_atomic(directory: Path, files: dict[str, Callable[[Path], None]]) -> 
         shutil.rmtree(old)
 
 
-def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, progress: bool = True) -> dict:
-    """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already holds a fine-tuning output; pass --overwrite to replace it or choose "
+                        "another --out")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the finished `tmp` in place of `out`; an old `out` goes only once the new one is there."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, progress: bool = True,
+          overwrite: bool = False) -> dict:
+    """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/.
+
+    Everything is written into a hidden sibling of OUT that replaces it at the end, so an error or an
+    interrupt leaves no half-written output; an existing, non-empty OUT needs `overwrite`."""
+    out = Path(out)
+    _check_out(out, overwrite)
     special = SpecialIds.of(pretrained.tokenizer)
     task.check_model(pretrained.config, cfg.max_length)
     train_examples = task.examples("train")
@@ -294,7 +318,22 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
         data[split] = (examples, task.featurize(examples, pretrained.tokenizer, special, cfg.max_length))
     if not data["train"][1]:
         raise UserError(f"task {task.name}: no training features; check the training file")
-    out.mkdir(parents=True, exist_ok=True)     # only once the data has loaded: bad input leaves no directory
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        results = _sweep_into(tmp, task, pretrained, cfg, data, train_examples, progress)
+        _install(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return results
+
+
+def _sweep_into(out: Path, task: Task, pretrained: Pretrained, cfg: FinetuneConfig, data: dict,
+                train_examples: list, progress: bool) -> dict:
     runs, best_value = [], -math.inf
     for lr in cfg.lrs:
         for seed in cfg.seeds:
@@ -340,6 +379,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-src", metavar="FILE", help="seq2seq: evaluation sources, one per line")
     p.add_argument("--dev-tgt", metavar="FILE", help="seq2seq: evaluation references, line-aligned with --dev-src")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
     p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
     p.add_argument("--random-init", action="store_true",
                    help="the checkpoint's architecture and tokenizer with random weights (the no-pretraining baseline)")
@@ -387,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-length {cfg.max_length} exceeds the model's {pretrained.config.max_positions} positions")
     slug = pretrained.name.replace(" ", "_").replace("(", "").replace(")", "")
     out = Path(args.out or f"runs/finetune/{args.task}-{slug}")
-    results = sweep(task, pretrained, cfg, out, progress=not args.quiet)
+    results = sweep(task, pretrained, cfg, out, progress=not args.quiet, overwrite=args.overwrite)
     for split, summary in results["summary"].items():
         print(f"{results['task']} {split} ({len(results['runs'])} runs): "
               + ", ".join(f"{m} median {v['median']:.2f} best {v['best']:.2f}" for m, v in summary.items()))
