@@ -21,6 +21,10 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="the run directory (default: runs/RECIPE)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=3e-4 --set model.norm=pre")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights: a unimask run or checkpoint, or a transformers BERT, RoBERTa "
+                        "or ELECTRA (discriminator) directory; the architecture comes from PATH, the optimizer "
+                        "and step start fresh (prepare --data with `unimask prepare --tokenizer PATH`)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -42,7 +46,15 @@ def _pretrain(args: argparse.Namespace) -> int:
         cfg = RECIPES[args.recipe or "demo"]()
     if args.data is not None:
         cfg.data.path = args.data
+    init_cfg = None
+    if args.init is not None and latest is None:     # a run with a checkpoint resumes from it, not from --init
+        from .train.init import read_init
+        init = read_init(args.init)
+        init_cfg, cfg.model, cfg.init = init.config, init.config, str(Path(args.init).expanduser().resolve())
     cfg = config_mod.apply_overrides(cfg, args.overrides)
+    if init_cfg is not None:
+        from .train.init import check_model_overrides
+        check_model_overrides(init_cfg, cfg.model, args.init)
     train(cfg, out, resume=args.resume, progress=not args.quiet)
     return 0
 

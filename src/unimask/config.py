@@ -31,6 +31,7 @@ class RunConfig:
     objective: Any = field(default_factory=MLMConfig)   # OBJECTIVES[objective_name].Config
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    init: str = ""                      # --init: the checkpoint / transformers directory the weights came from
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

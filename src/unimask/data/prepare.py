@@ -318,26 +318,56 @@ def _train_tokenizer(docs: Iterator[str], cfg: PrepareConfig) -> Tokenizer:
     return tokenizer
 
 
+def _special_tokens(tokenizer: Tokenizer, where: str) -> dict[str, str]:
+    """The special tokens by role: BERT's [PAD] [UNK] [CLS] [SEP] [MASK], else RoBERTa's
+    <pad> <unk> <s> </s> <mask> (model/families.py), whichever set the vocabulary holds whole."""
+    from unimask.model.families import BERT_SPECIAL_TOKENS, ROBERTA_SPECIAL_TOKENS
+
+    for names in (BERT_SPECIAL_TOKENS, ROBERTA_SPECIAL_TOKENS):
+        if all(tokenizer.token_to_id(t) is not None for t in names.values()):
+            return dict(names)
+    missing = [t for t in SPECIAL_TOKENS.values() if tokenizer.token_to_id(t) is None]
+    raise UserError(
+        f"{where} has no {', '.join(missing)} token (nor RoBERTa's <pad> <unk> <s> </s> <mask>); "
+        "use a BERT- or RoBERTa-style tokenizer or drop --tokenizer to train one"
+    )
+
+
 def _special_ids(tokenizer: Tokenizer, where: str) -> dict[str, int]:
-    ids = {name: tokenizer.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
-    missing = [SPECIAL_TOKENS[name] for name, i in ids.items() if i is None]
-    if missing:
-        raise UserError(
-            f"{where} has no {', '.join(missing)} token; "
-            "use a BERT-style tokenizer or drop --tokenizer to train one"
-        )
-    return ids  # type: ignore[return-value]
+    return {role: tokenizer.token_to_id(token) for role, token in _special_tokens(tokenizer, where).items()}
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizer.json, or a transformers directory's tokenizer (export.hf.read_hf_tokenizer: its
+    tokenizer.json, vocab.txt or vocab.json + merges.txt), with the padding and truncation a
+    tokenizer.json may carry switched off: prepare encodes documents whole, without special tokens."""
+    if path.is_dir():
+        from unimask.export.hf import read_hf_tokenizer
+        return read_hf_tokenizer(path)
     if not path.is_file():
-        raise UserError(f"tokenizer {path} does not exist; pass the path of a tokenizer.json to --tokenizer")
+        raise UserError(f"tokenizer {path} does not exist; pass a tokenizer.json or a transformers model "
+                        "directory to --tokenizer")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as e:
         raise UserError(
             f"{path} is not a readable tokenizer.json ({e}); pass a file saved by the tokenizers library"
         ) from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _tokenizer_source_sha256(path: Path) -> str:
+    """The checksum of --tokenizer: the file, or a transformers directory's tokenizer files together."""
+    if not path.is_dir():
+        return _file_sha256(path)
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        if (path / name).is_file():
+            digest.update(name.encode() + b"\0" + _file_sha256(path / name).encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- splitting
@@ -658,6 +688,7 @@ def _write_outputs(
         "dtype": dtype.name,
         "vocab_size": vocab_size,
         "special_ids": special_ids,
+        "special_tokens": _special_tokens(tokenizer, "the tokenizer"),
         "splits": splits,
         "split": {
             **_split_settings(),
@@ -667,6 +698,7 @@ def _write_outputs(
             "moved_to_valid_tokens": moved,
         },
         "tokenizer_sha256": _file_sha256(tmp / "tokenizer.json"),
+        **({"tokenizer_source_sha256": _tokenizer_source_sha256(Path(cfg.tokenizer))} if cfg.tokenizer else {}),
         "sources": [s.record() for s in sources],
         "config": asdict(cfg),
         "invalid_utf8_bytes": sum(s.invalid_utf8_bytes for s in sources),
@@ -713,7 +745,10 @@ def _is_up_to_date(
         return None
     if [r.get("sha256") for r in recorded] != [_file_sha256(s.path) for s in sources]:
         return None
-    if cfg.tokenizer is not None and manifest.get("tokenizer_sha256") != _file_sha256(Path(cfg.tokenizer)):
+    if cfg.tokenizer is not None and Path(cfg.tokenizer).is_dir():
+        if manifest.get("tokenizer_source_sha256") != _tokenizer_source_sha256(Path(cfg.tokenizer)):
+            return None
+    elif cfg.tokenizer is not None and manifest.get("tokenizer_sha256") != _file_sha256(Path(cfg.tokenizer)):
         return None
     return manifest
 
@@ -791,7 +826,10 @@ def prepare(
         if cfg.tokenizer is not None:
             tokenizer = _load_tokenizer(Path(cfg.tokenizer))
             _special_ids(tokenizer, cfg.tokenizer)
-            shutil.copyfile(cfg.tokenizer, tmp / "tokenizer.json")
+            if Path(cfg.tokenizer).is_dir():
+                tokenizer.save(str(tmp / "tokenizer.json"))
+            else:
+                shutil.copyfile(cfg.tokenizer, tmp / "tokenizer.json")
             log(f"reusing tokenizer {cfg.tokenizer} (vocab {tokenizer.get_vocab_size()})")
         else:
             log(f"training a WordPiece tokenizer (vocab {cfg.vocab_size}) on {len(sources)} file(s)")
@@ -815,8 +853,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--vocab-size", type=int, default=d.vocab_size,
                         help="WordPiece vocabulary size (default %(default)s)")
-    parser.add_argument("--tokenizer", default=d.tokenizer, metavar="JSON",
-                        help="reuse this tokenizer.json instead of training one")
+    parser.add_argument("--tokenizer", default=d.tokenizer, metavar="PATH",
+                        help="reuse this tokenizer.json, or the tokenizer of a transformers model directory "
+                             "(tokenizer.json, vocab.txt, or vocab.json + merges.txt), instead of training one")
     parser.add_argument("--text-field", default=d.text_field,
                         help="text field of .jsonl records (default %(default)s)")
     parser.add_argument("--doc-split", choices=DOC_SPLITS, default=d.doc_split,

@@ -142,6 +142,8 @@ class TokenStore:
         """The tokenizer that produced these ids (loaded once from `tokenizer.json`)."""
         if self._tokenizer is None:
             self._tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+            self._tokenizer.no_padding()            # settings a reused tokenizer.json may carry
+            self._tokenizer.no_truncation()
         return self._tokenizer
 
     def word_start_mask(self) -> torch.Tensor:

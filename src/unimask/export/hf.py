@@ -39,34 +39,13 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig
+from ..model.families import (BERT_SPECIAL_TOKENS, BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT,  # noqa: F401
+                               FAMILIES, FAMILY_TITLES, LM_HEAD_TO_BERT, ROBERTA_SPECIAL_TOKENS, Family)
 from ..model.heads import LMHead
 from ..train.checkpoint import latest_checkpoint, verify
 
 if TYPE_CHECKING:
     from transformers import BertConfig
-
-ENCODER_TO_BERT: tuple[tuple[str, str], ...] = (
-    (r"embeddings\.word\.weight", r"embeddings.word_embeddings.weight"),
-    (r"embeddings\.position\.weight", r"embeddings.position_embeddings.weight"),
-    (r"embeddings\.token_type\.weight", r"embeddings.token_type_embeddings.weight"),
-    (r"embeddings\.norm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
-    (r"layers\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", r"encoder.layer.\1.attention.self.\2.\3"),
-    (r"layers\.(\d+)\.attn\.out\.(weight|bias)", r"encoder.layer.\1.attention.output.dense.\2"),
-    (r"layers\.(\d+)\.attn_norm\.(weight|bias)", r"encoder.layer.\1.attention.output.LayerNorm.\2"),
-    (r"layers\.(\d+)\.mlp\.up\.(weight|bias)", r"encoder.layer.\1.intermediate.dense.\2"),
-    (r"layers\.(\d+)\.mlp\.down\.(weight|bias)", r"encoder.layer.\1.output.dense.\2"),
-    (r"layers\.(\d+)\.mlp_norm\.(weight|bias)", r"encoder.layer.\1.output.LayerNorm.\2"),
-)
-"""unimask `Encoder` names -> `transformers.BertModel` names (BertForMaskedLM prefixes them with "bert.")."""
-
-LM_HEAD_TO_BERT: tuple[tuple[str, str], ...] = (
-    (r"dense\.(weight|bias)", r"cls.predictions.transform.dense.\1"),
-    (r"norm\.(weight|bias)", r"cls.predictions.transform.LayerNorm.\1"),
-    (r"bias", r"cls.predictions.bias"),
-)
-"""unimask `LMHead` names -> `BertForMaskedLM` names. `cls.predictions.decoder.weight` is tied to
-`bert.embeddings.word_embeddings.weight` and `cls.predictions.decoder.bias` to `cls.predictions.bias`,
-so neither is written (transformers' own `save_pretrained` writes neither)."""
 
 MLM_HEADS: dict[str, str] = {
     "mlm": "objective.head.",
@@ -109,6 +88,10 @@ def check_bert_compatible(cfg: EncoderConfig) -> None:
         reasons.append("it has no absolute position embeddings and BERT always adds them")
     if cfg.relative_buckets > 0:
         reasons.append("it uses a relative position bias (relative_buckets>0) and BERT attention has none")
+    if cfg.embedding_size and cfg.embedding_size != cfg.hidden_size:
+        reasons.append("its embeddings are narrower than its hidden size (embedding_size, ELECTRA's projection)")
+    if cfg.position_offset:
+        reasons.append("its positions start at an offset (position_offset, RoBERTa's)")
     if reasons:
         raise UserError(f"cannot export to transformers BERT: {'; '.join(reasons)}; {_LOAD_HINT}")
 
@@ -157,21 +140,49 @@ def _fit(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
     module.load_state_dict(state, strict=True, assign=True)
 
 
-def _read_tokenizer(path: Path, cfg: EncoderConfig) -> Tokenizer:
+def special_tokens_of(tokenizer: Tokenizer) -> dict[str, str] | None:
+    """The special tokens by role (pad unk cls sep mask) of a BERT-style ([CLS]) or RoBERTa-style
+    (<s>) vocabulary, or None when the tokenizer has neither set complete."""
+    for names in (BERT_SPECIAL_TOKENS, ROBERTA_SPECIAL_TOKENS):
+        if all(tokenizer.token_to_id(t) is not None for t in names.values()):
+            return dict(names)
+    return None
+
+
+def plain_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer` with the padding and truncation a tokenizer.json may carry switched off
+    (sentence-transformers models ship `padding: Fixed 128` and `truncation: 128`): unimask adds its
+    own special tokens (encode(..., add_special_tokens=False)) and pads and truncates itself, so a
+    padding setting left on would put [PAD]s inside every example, before unimask's [SEP]."""
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _read_tokenizer(path: Path, cfg: EncoderConfig, special_tokens: dict[str, str] | None = None) -> Tokenizer:
+    """A checkpoint's tokenizer.json with its own padding and truncation off (`plain_tokenizer`);
+    UserError when it is missing, unreadable, lacks the special tokens (`special_tokens` by role, else
+    BERT's [CLS]... or RoBERTa's <s>... names) or has more tokens than the model has embeddings."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; a checkpoint keeps its tokenizer.json next to model.safetensors")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as e:
         raise UserError(f"{path} is not a readable tokenizer.json ({e}); pass a file saved by the tokenizers library") from None
-    missing = [t for t in SPECIAL_TOKENS.values() if tokenizer.token_to_id(t) is None]
+    names = special_tokens or special_tokens_of(tokenizer) or SPECIAL_TOKENS
+    missing = [t for t in names.values() if tokenizer.token_to_id(t) is None]
     if missing:
-        raise UserError(f"{path} has no {', '.join(missing)} token; export needs a BERT-style tokenizer "
-                        "such as the one `unimask prepare` trains")
+        raise UserError(f"{path} has no {', '.join(missing)} token; unimask needs a BERT-style ([CLS] [SEP] [MASK] "
+                        "[PAD] [UNK]) or RoBERTa-style (<s> </s> <mask> <pad> <unk>) tokenizer such as the one "
+                        "`unimask prepare` trains")
+    _check_vocab_fits(tokenizer, cfg, path)
+    return plain_tokenizer(tokenizer)
+
+
+def _check_vocab_fits(tokenizer: Tokenizer, cfg: EncoderConfig, path: Path) -> None:
     if tokenizer.get_vocab_size() > cfg.vocab_size:
         raise UserError(f"{path} has {tokenizer.get_vocab_size()} tokens but the model only {cfg.vocab_size} "
                         "embeddings: it is the tokenizer of another model; pass the checkpoint's own tokenizer.json")
-    return tokenizer
 
 
 def _tokenizer_config(tokenizer_json: Path, max_length: int) -> dict:
@@ -381,56 +392,155 @@ def load_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig]:
     return encoder.eval(), cfg
 
 
-BERT_TO_ENCODER_CONFIG: dict[str, str] = {
-    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",
-    "max_position_embeddings": "max_positions", "type_vocab_size": "type_vocab_size",
-    "hidden_dropout_prob": "dropout", "attention_probs_dropout_prob": "attention_dropout",
-    "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range", "pad_token_id": "pad_token_id",
-}
-"""transformers `BertConfig` fields -> `EncoderConfig` fields (the inverse of `to_bert_config`)."""
+def _hf_model_type(path: Path) -> str | None:
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) and model_type != "unimask" else None
 
 
 def is_hf_directory(path: str | Path) -> bool:
-    """A directory written by `save_pretrained` for a BERT model (config.json with model_type "bert")."""
-    config = Path(path).expanduser() / "config.json"
-    if not config.is_file():
-        return False
+    """A directory written by transformers' `save_pretrained` (config.json with a `model_type`), of any
+    family: `load_hf_encoder` reads the supported ones (`FAMILIES`) and names the others. A directory
+    `unimask export` wrote with remote code (model_type "unimask") is not one."""
+    return _hf_model_type(Path(path).expanduser()) is not None
+
+
+class HFModel(NamedTuple):
+    """What `load_hf_model` reads from a transformers directory."""
+
+    encoder: Encoder                      # eval mode
+    config: EncoderConfig
+    tokenizer: Tokenizer                  # padding and truncation off
+    family: Family
+    heads: dict[str, dict[str, Tensor]]   # "lm": LMHead state (BERT, RoBERTa MLM); "rtd": ELECTRA's RTDHead state
+    special_tokens: dict[str, str]        # role -> token
+    path: Path
+
+
+def _hf_config(path: Path) -> tuple[dict, Family]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{path} has no config.json; pass a directory saved by transformers' save_pretrained")
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); the directory is damaged") from None
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise UserError(f"{path} is a transformers {model_type!r} model; unimask loads the "
+                        f"{', '.join(FAMILIES)} families only")
+    return config, FAMILIES[model_type]
 
 
-def load_hf_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig, Tokenizer]:
-    """The `Encoder`, its config and tokenizer from a transformers BERT directory (one that `unimask export`
-    wrote, or any BertModel / BertFor* saved as safetensors with a tokenizer.json): `ENCODER_TO_BERT` read
-    backwards; the pooler and task heads are left out."""
+def read_hf_tokenizer(path: Path, special_tokens: dict[str, str] | None = None) -> Tokenizer:
+    """The tokenizer of a transformers directory as a `tokenizers.Tokenizer`, padding and truncation off:
+    its tokenizer.json, else the one transformers builds from vocab.txt (WordPiece) or vocab.json +
+    merges.txt (byte-level BPE) with the directory's tokenizer_config.json. UserError naming the
+    missing files when there is none."""
     path = Path(path).expanduser()
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if (path / "tokenizer.json").is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as e:
+            raise UserError(f"{path}/tokenizer.json is not a readable tokenizer.json ({e})") from None
+    elif (path / "vocab.txt").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError(f"{path} has no tokenizer.json; building one from its vocabulary files needs "
+                            "transformers: pip install 'unimask[hf]'") from None
+        try:
+            loaded = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        except Exception as e:
+            raise UserError(f"{path}: transformers cannot build a tokenizer from its vocabulary files ({e})") from None
+        tokenizer = Tokenizer.from_str(loaded.backend_tokenizer.to_str())
+    else:
+        raise UserError(f"{path} has no tokenizer files: expected tokenizer.json, or vocab.txt (WordPiece), "
+                        "or vocab.json and merges.txt (byte-level BPE)")
+    names = special_tokens or special_tokens_of(tokenizer)
+    if names is None or any(tokenizer.token_to_id(t) is None for t in names.values()):
+        raise UserError(f"{path}'s tokenizer has neither BERT's special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) "
+                        "nor RoBERTa's (<pad> <unk> <s> </s> <mask>)")
+    return plain_tokenizer(tokenizer)
+
+
+def _family_special_tokens(path: Path, family: Family) -> dict[str, str]:
+    """The family's special tokens, with those tokenizer_config.json / special_tokens_map.json name."""
+    names = dict(family.special_tokens)
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            spec = json.loads((path / file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        for role in names:
+            value = spec.get(f"{role}_token")
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str) and value:
+                names[role] = value
+    return names
+
+
+def load_hf_model(path: str | Path) -> HFModel:
+    """The `Encoder`, its config, tokenizer and carried heads from a transformers directory of a family
+    in `FAMILIES` (BERT, RoBERTa, ELECTRA discriminator): the family's rename table read backwards;
+    the pooler and task heads are left out. Checks, before any weight is built: the family, the
+    activation and position type, model.safetensors and the tokenizer files present, the tokenizer's
+    vocabulary no larger than the embeddings."""
+    path = Path(path).expanduser()
+    config, family = _hf_config(path)
     if config.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{path}/config.json has hidden_act={config['hidden_act']!r}; unimask encoders use exact GELU")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{path}/config.json uses {config['position_embedding_type']} position embeddings; "
-                        "unimask loads BERT with absolute positions only")
+                        "unimask loads absolute positions only")
     try:
-        cfg = EncoderConfig(**{ours: config[theirs] for theirs, ours in BERT_TO_ENCODER_CONFIG.items() if theirs in config})
+        cfg = family.encoder_config(config)
     except (TypeError, ValueError) as e:
-        raise UserError(f"{path}/config.json does not describe a usable BERT ({e}); fix the value or re-export") from None
+        raise UserError(f"{path}/config.json does not describe a usable {FAMILY_TITLES[family.name]} ({e}); fix the value or re-export") from None
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{path} has no model.safetensors; save the model with safe_serialization=True "
                         "(unimask never unpickles pytorch_model.bin)")
+    special_tokens = _family_special_tokens(path, family)
+    tokenizer = read_hf_tokenizer(path, special_tokens)
+    _check_vocab_fits(tokenizer, cfg, path / "tokenizer.json")
     with torch.device("meta"):
         encoder = Encoder(cfg)
-    ours = list(encoder.state_dict())
-    theirs = rename({k: torch.empty(0) for k in ours}, ENCODER_TO_BERT)
-    back = dict(zip(theirs, ours))
     stored = _read_tensors(weights, "")
-    prefix = "bert." if any(k.startswith("bert.") for k in stored) else ""
+    prefix = family.prefix if any(k.startswith(family.prefix) for k in stored) else ""
+    ours = list(encoder.state_dict())
+    back = dict(zip(rename({k: torch.empty(0) for k in ours}, family.encoder_table), ours))
     state = {back[k[len(prefix):]]: v for k, v in stored.items() if k.startswith(prefix) and k[len(prefix):] in back}
     _fit(encoder, state, str(weights))
-    return encoder.eval(), cfg, _read_tokenizer(path / "tokenizer.json", cfg)
+    heads = {}
+    for name, table in family.heads.items():
+        head = {mine: v for k, v in stored.items() if (mine := _rename_back(k, table)) is not None}
+        if head:
+            heads[name] = head
+    return HFModel(encoder.eval(), cfg, tokenizer, family, heads, special_tokens, path)
+
+
+def _rename_back(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
+    """Their tensor name -> ours by a forward table of (our pattern, their replacement), or None.
+    The head tables use only literal names and one (weight|bias) group, which this inverts."""
+    for pattern, replacement in table:
+        for suffix in ("weight", "bias"):
+            mine = pattern.replace("(weight|bias)", suffix).replace("\\.", ".")
+            if "(" not in mine and key == replacement.replace("\\1", suffix):
+                return mine
+    return None
+
+
+def load_hf_encoder(path: str | Path) -> tuple[Encoder, EncoderConfig, Tokenizer]:
+    """The `Encoder`, its config and tokenizer from a transformers directory of a supported family
+    (`load_hf_model` without the heads)."""
+    loaded = load_hf_model(path)
+    return loaded.encoder, loaded.config, loaded.tokenizer
 
 
 def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
@@ -444,6 +554,9 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     checkpoint = find_checkpoint(path)
     config = _read_config(checkpoint)
     encoder, cfg = load_encoder(checkpoint)
+    if cfg.embedding_size or cfg.position_offset:
+        raise UserError(f"{checkpoint} continues a RoBERTa or ELECTRA model (position_offset / embedding_size); "
+                        "exporting it back to its family is not supported yet")
     objective = config.get("objective_name")
     head_state = None
     if objective in MLM_HEADS:

@@ -44,6 +44,8 @@ class EncoderConfig:
     relative_buckets: int = 0            # 0: no relative bias; COCO-LM/T5 use 32
     relative_max_distance: int = 128
     pad_token_id: int = 0
+    embedding_size: int = 0              # 0: hidden_size; else embeddings this wide, then a Linear to hidden_size (ELECTRA)
+    position_offset: int = 0             # position i reads row i + offset of the table (RoBERTa: pad_token_id + 1)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
@@ -62,6 +64,8 @@ class EncoderConfig:
         if not self.absolute_positions and self.relative_buckets <= 0:
             raise ValueError("the encoder needs position information: set absolute_positions=true "
                              "or relative_buckets>0")
+        if self.embedding_size < 0 or self.position_offset < 0:
+            raise ValueError("embedding_size and position_offset must be >= 0 (0: hidden_size / no offset)")
         if self.norm not in ("post", "pre"):
             raise ValueError(f"norm must be 'post' or 'pre', not {self.norm!r}")
 
@@ -98,22 +102,40 @@ class RelativePositionBias(nn.Module):
         return self.table(buckets).permute(0, 3, 1, 2)
 
 
+def embedding_width(cfg: EncoderConfig) -> int:
+    """The width E of the token / position / type embeddings (and of the tied LM projection)."""
+    return cfg.embedding_size or cfg.hidden_size
+
+
 class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout; (B, T, E) -> (B, T, D).
+
+    `embedding_size` E narrower than the hidden size D adds ELECTRA's `embeddings_project`, a Linear
+    E -> D after the LayerNorm (Clark et al. 2020, section 3.2 / the official ELECTRA-Small).
+    `position_offset` shifts the rows the position ids read: RoBERTa's (fairseq's) table keeps rows
+    0..pad_token_id for the padding index, a real token at position i reads row i + pad_token_id + 1
+    (transformers' `create_position_ids_from_input_ids` on a right-padded batch); the table holds
+    max_positions + position_offset rows so that max_positions stays the usable length."""
+
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.absolute_positions else None
-        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        E = embedding_width(cfg)
+        self.offset = cfg.position_offset
+        self.word = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_positions + cfg.position_offset, E) if cfg.absolute_positions else None
+        self.token_type = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.project = nn.Linear(E, cfg.hidden_size) if E != cfg.hidden_size else None
 
     def forward(self, inputs_embeds: Tensor, position_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
-        x = inputs_embeds  # (B, T, D)
+        x = inputs_embeds  # (B, T, E)
         if self.position is not None:
-            x = x + self.position(position_ids)
+            x = x + self.position(position_ids + self.offset if self.offset else position_ids)
         if self.token_type is not None:
             x = x + (self.token_type(token_type_ids) if token_type_ids is not None else self.token_type.weight[0])
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))
+        return self.project(x) if self.project is not None else x   # (B, T, D)
 
 
 class Attention(nn.Module):

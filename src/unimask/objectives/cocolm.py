@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import flops
-from ..model.encoder import Encoder, EncoderConfig, init_bert_weights
+from ..model.encoder import Encoder, EncoderConfig, embedding_width, init_bert_weights
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
 from .generator import MLMGenerator, generator_config
@@ -248,6 +248,9 @@ class CocoLM(Objective):
         if cfg.masking == "whole_word" and vocab.word_start is None:
             raise ValueError("whole_word masking needs the tokenizer's word_start table in Vocab")
         D = encoder_cfg.hidden_size
+        if embedding_width(encoder_cfg) != D:
+            raise ValueError(f"COCO-LM's corrective LM projects hidden states onto the word embeddings, so it "
+                             f"needs model.embedding_size equal to hidden_size ({D}), not {encoder_cfg.embedding_size}")
         width = round(cfg.generator_width_ratio * D)
         dropout = 0.0 if cfg.generator_sample_mode == "zero_dropout" else None
         try:

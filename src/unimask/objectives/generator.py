@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..model.encoder import BlockStack, Encoder, EncoderConfig, init_bert_weights
+from ..model.encoder import BlockStack, Encoder, EncoderConfig, embedding_width, init_bert_weights
 from ..model.heads import LMHead
 
 
@@ -34,7 +34,7 @@ class MLMGenerator(nn.Module):
         super().__init__()
         self.project = nn.Linear(main.hidden_size, cfg.hidden_size) if cfg.hidden_size != main.hidden_size else None
         self.blocks = BlockStack(cfg)
-        self.head = LMHead(cfg.hidden_size, main.vocab_size, cfg.layer_norm_eps, embedding_size=main.hidden_size)
+        self.head = LMHead(cfg.hidden_size, main.vocab_size, cfg.layer_norm_eps, embedding_size=embedding_width(main))
         self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
 
     def forward(self, encoder: Encoder, input_ids: Tensor, position_ids: Tensor | None,

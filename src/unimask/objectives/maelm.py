@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import flops
-from ..model.encoder import BlockStack, Encoder, EncoderConfig, init_bert_weights
+from ..model.encoder import BlockStack, Encoder, EncoderConfig, embedding_width, init_bert_weights
 from ..model.heads import LMHead
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab
@@ -85,6 +85,10 @@ class MAELM(Objective):
 
     def __init__(self, cfg: MAELMConfig, encoder_cfg: EncoderConfig, vocab: Vocab) -> None:
         super().__init__(cfg, encoder_cfg, vocab)
+        if embedding_width(encoder_cfg) != encoder_cfg.hidden_size:
+            raise ValueError(f"MAE-LM fills the decoder's masked positions with the [MASK] embedding, so it needs "
+                             f"model.embedding_size equal to hidden_size ({encoder_cfg.hidden_size}), "
+                             f"not {encoder_cfg.embedding_size}")
         dec = decoder_config(encoder_cfg, cfg)
         self.decoder = MAELMDecoder(dec)
         self.head = LMHead(dec.hidden_size, encoder_cfg.vocab_size, dec.layer_norm_eps)

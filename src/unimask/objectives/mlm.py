@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..model.encoder import Encoder, EncoderConfig
+from ..model.encoder import Encoder, EncoderConfig, embedding_width
 from ..model.heads import LMHead
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
@@ -144,7 +144,8 @@ class MLM(Objective):
         super().__init__(cfg, encoder_cfg, vocab)
         if cfg.masking == "whole_word" and vocab.word_start is None:
             raise ValueError("whole_word masking needs the tokenizer's word_start table in Vocab")
-        self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps)
+        self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps,
+                           embedding_size=embedding_width(encoder_cfg))
 
     def corrupt(self, batch: TokenBatch, rng: torch.Generator) -> TokenBatch:
         return mask_and_label(batch, self.cfg, self.vocab, rng)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..model import flops
-from ..model.encoder import Encoder, EncoderConfig
+from ..model.encoder import Encoder, EncoderConfig, embedding_width
 from ..model.heads import LMHead
 from . import masking
 from .base import Objective, ObjectiveOutput, TokenBatch, Vocab, ratio
@@ -140,7 +140,8 @@ class PMLM(Objective):
 
     def __init__(self, cfg: PMLMConfig, encoder_cfg: EncoderConfig, vocab: Vocab) -> None:
         super().__init__(cfg, encoder_cfg, vocab)
-        self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps)
+        self.head = LMHead(encoder_cfg.hidden_size, encoder_cfg.vocab_size, encoder_cfg.layer_norm_eps,
+                           embedding_size=embedding_width(encoder_cfg))
 
     # ---- corruption (data loader) ---------------------------------------------------------------
 

@@ -35,12 +35,17 @@ class SpecialIds:
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> "SpecialIds":
-        ids = {name: tokenizer.token_to_id(f"[{name.upper()}]") for name in ("pad", "cls", "sep", "unk", "mask")}
-        missing = [f"[{k.upper()}]" for k, v in ids.items() if v is None]
-        if missing:
-            from ..errors import UserError
-            raise UserError(f"the tokenizer has no {', '.join(missing)} token; fine-tuning needs BERT's special tokens")
-        return cls(**ids, vocab_size=tokenizer.get_vocab_size())
+        """The ids of BERT's [PAD] [CLS] [SEP] [UNK] [MASK] or RoBERTa's <pad> <s> </s> <unk> <mask>
+        (model/families.py), whichever set the tokenizer has whole."""
+        from ..model.families import BERT_SPECIAL_TOKENS, ROBERTA_SPECIAL_TOKENS
+        for names in (BERT_SPECIAL_TOKENS, ROBERTA_SPECIAL_TOKENS):
+            ids = {role: tokenizer.token_to_id(token) for role, token in names.items()}
+            if all(i is not None for i in ids.values()):
+                return cls(**ids, vocab_size=tokenizer.get_vocab_size())
+        from ..errors import UserError
+        missing = [t for t in BERT_SPECIAL_TOKENS.values() if tokenizer.token_to_id(t) is None]
+        raise UserError(f"the tokenizer has no {', '.join(missing)} token (nor RoBERTa's <s> </s> <pad> <unk> "
+                        "<mask>); fine-tuning needs BERT's or RoBERTa's special tokens")
 
 
 class Task:
@@ -78,7 +83,10 @@ class Task:
                rng: torch.Generator | None = None) -> dict[str, Tensor]:
         """The model inputs of a collated batch (on its device), for a model of EncoderConfig `config`.
         Training passes the run's generator, and a task may draw from it (seq2seq corrupts its targets);
-        evaluation and prediction pass None and get deterministic inputs. Default: the batch as it is."""
+        evaluation and prediction pass None and get deterministic inputs. Default: the batch as it is,
+        token types folded to 0 for a model with a single type (RoBERTa's type_vocab_size 1)."""
+        if config.type_vocab_size < 2 and batch["token_type_ids"].any():
+            batch = {**batch, "token_type_ids": torch.zeros_like(batch["token_type_ids"])}
         return batch
 
     def encode(self, encoder: Encoder, batch: dict[str, Tensor]) -> Tensor:

@@ -228,7 +228,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         # ---- data and run directory ---------------------------------------------------------
         data_dir = resolve_data(cfg.data.path, is_main=info.is_main, barrier=parallel.barrier)
         store, valid_store = TokenStore(data_dir, "train"), TokenStore(data_dir, "valid")
-        cfg.model.vocab_size = store.vocab_size
+        if not cfg.init:                # --init: the checkpoint's embeddings decide (check_tokenizer below)
+            cfg.model.vocab_size = store.vocab_size
         cfg.data.path = str(data_dir)
         existing = ckpt_mod.latest_checkpoint(run_dir) if ckpt_mod.list_checkpoints(run_dir) else None
         if existing is not None and not resume:
@@ -240,6 +241,12 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if tcfg.steps < saved_step:       # before config.json is rewritten: the run stays as it was
                 raise UserError(f"train.steps={tcfg.steps} is below {existing}'s step {saved_step}; "
                                 f"set train.steps to at least {saved_step} to continue that run")
+        init = None
+        if cfg.init and existing is None:   # a new run from released weights (train/init.py)
+            from .init import check_model_overrides, check_tokenizer, read_init
+            init = read_init(cfg.init)
+            check_model_overrides(init.config, cfg.model, cfg.init)
+            check_tokenizer(init, store.tokenizer(), data_dir)
         # ---- objective (before the run directory: its errors must leave nothing behind) -----
         torch.manual_seed(tcfg.seed)
         vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
@@ -256,6 +263,12 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         if info.world_size > 1:
             objective.all_gather = parallel.all_gather_with_grad
         plain = PretrainModel(Encoder(cfg.model), objective)
+        if init is not None:
+            from .init import apply_init
+            heads = apply_init(plain.encoder, plain.objective, cfg.objective_name, init)
+            if info.is_main:
+                print(f"initialised the encoder{' and the ' + ', '.join(heads) + ' head' if heads else ''} "
+                      f"from {init.source}", file=sys.stderr)
         model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile)
         torch.manual_seed(tcfg.seed * 1000 + info.rank)      # per-rank dropout streams
         optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
