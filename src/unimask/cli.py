@@ -1,4 +1,4 @@
-"""unimask prepare | pretrain | finetune | predict | generate | report | export | bench | analyze  (also `python -m unimask ...`, e.g. under torchrun)."""
+"""unimask prepare | pretrain | finetune | predict | probe | generate | report | export | bench | analyze  (also `python -m unimask ...`, e.g. under torchrun)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ COMMANDS = {
     "finetune": ("fine-tune and evaluate an encoder on GLUE, SQuAD, seq2seq generation or your own labelled data", "unimask.tasks.finetune"),
     "predict": ("run a fine-tuned model on new inputs: labels and probabilities, SQuAD answers, GLUE submission "
                 "files, generated text", "unimask.tasks.predict"),
+    "probe": ("frozen-encoder probe: logistic regression on each layer's [CLS] and mean features", "unimask.tasks.probe"),
     "generate": ("generate text with a model fine-tuned by `finetune --task seq2seq` (beam search)", "unimask.tasks.generate"),
     "report": ("put the fine-tuning results of several models side by side", "unimask.tasks.report"),
     "export": ("export a checkpoint to Hugging Face transformers", "unimask.export.hf"),
