@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 transformers = pytest.importorskip("transformers")
 
 from unimask.errors import UserError  # noqa: E402
-from unimask.export import hf  # noqa: E402
+from unimask import checkpoint  # noqa: E402
 from unimask.model.heads import LMHead  # noqa: E402
 from unimask.objectives.electra import RTDHead  # noqa: E402
 
@@ -137,7 +137,7 @@ FIGURES: dict[str, dict[str, float]] = {}
 def test_parity_with_transformers(family_dirs, family: str) -> None:
     """Hidden states (real tokens of a right-padded batch) within 1e-4; MLM / RTD logits where there is a head."""
     directory = family_dirs[family]
-    loaded = hf.load_hf_model(directory)
+    loaded = checkpoint.load_hf_model(directory)
     assert loaded.family.name == family
     theirs = AUTO[family].from_pretrained(directory, attn_implementation="eager").eval()
     pad = loaded.tokenizer.token_to_id(loaded.special_tokens["pad"])
@@ -174,7 +174,7 @@ def test_tokenizer_ids_match_transformers_class(family_dirs, family: str) -> Non
     """unimask's tokenizer (from tokenizer.json, and rebuilt from the vocabulary files alone) gives the
     ids of transformers' own tokenizer class built from vocab.txt / vocab.json + merges.txt."""
     directory = family_dirs[family]
-    ours = hf.load_hf_model(directory).tokenizer
+    ours = checkpoint.load_hf_model(directory).tokenizer
     if family == "roberta":
         theirs = transformers.RobertaTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
     else:
@@ -184,7 +184,7 @@ def test_tokenizer_ids_match_transformers_class(family_dirs, family: str) -> Non
     for name in ("vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (directory / name).is_file():
             (only_vocab / name).write_bytes((directory / name).read_bytes())
-    rebuilt = hf.read_hf_tokenizer(only_vocab)
+    rebuilt = checkpoint.read_hf_tokenizer(only_vocab)
     for text in ODD:
         expected = theirs(text)["input_ids"]
         assert ours.encode(text).ids == expected, text
@@ -199,7 +199,7 @@ def test_tokenizer_json_padding_and_truncation_are_switched_off(tmp_path: Path) 
     spec = json.loads((directory / "tokenizer.json").read_text())
     assert spec["padding"] and spec["truncation"]
     theirs = transformers.BertTokenizer(vocab=str(directory / "vocab.txt"))
-    _, _, tokenizer = hf.load_hf_encoder(directory)
+    _, _, tokenizer = checkpoint.load_hf_encoder(directory)
     from unimask.tasks.finetune import load_pretrained
     pretrained = load_pretrained(directory)
     from unimask.tasks.base import SpecialIds
@@ -221,20 +221,20 @@ def test_tokenizer_json_padding_and_truncation_are_switched_off(tmp_path: Path) 
 def test_unsupported_family_and_missing_files(tmp_path: Path, family_dirs) -> None:
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    assert hf.is_hf_directory(tmp_path / "gpt")
+    assert checkpoint.is_hf_directory(tmp_path / "gpt")
     with pytest.raises(UserError, match=r"'gpt2' model; unimask loads the bert, roberta, electra families"):
-        hf.load_hf_model(tmp_path / "gpt")
+        checkpoint.load_hf_model(tmp_path / "gpt")
     no_weights = tmp_path / "noweights"
     no_weights.mkdir()
     (no_weights / "config.json").write_bytes((family_dirs["bert"] / "config.json").read_bytes())
     with pytest.raises(UserError, match="has no model.safetensors"):
-        hf.load_hf_model(no_weights)
+        checkpoint.load_hf_model(no_weights)
     no_tokenizer = tmp_path / "notok"
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         (no_tokenizer / name).write_bytes((family_dirs["bert"] / name).read_bytes())
     with pytest.raises(UserError, match="has no tokenizer files: expected tokenizer.json, or vocab.txt"):
-        hf.load_hf_model(no_tokenizer)
+        checkpoint.load_hf_model(no_tokenizer)
 
 
 # ---- unimask prepare --tokenizer DIR, unimask pretrain --init DIR -----------------------------------
@@ -286,7 +286,7 @@ def test_pretrain_init(family_dirs, family_data, tmp_path: Path, family: str, ob
     base = ["pretrain", "--recipe", f"{objective}_mini", "--init", str(family_dirs[family]),
             "--data", str(family_data[family]), "--out", str(run), *RUN]
     assert main([*base, "--set", "train.steps=1", "--set", "train.lr=1e-12"]) == 0
-    loaded = hf.load_hf_model(family_dirs[family])
+    loaded = checkpoint.load_hf_model(family_dirs[family])
     saved = load_file(run / "checkpoints" / "step_00000001" / "model.safetensors")
     for key, tensor in loaded.encoder.state_dict().items():
         torch.testing.assert_close(saved[f"encoder.{key}"], tensor, atol=1e-6, rtol=0)

@@ -168,7 +168,7 @@ def analyze_run(path: str, label: str, data: str | None, batches: int, batch_siz
     from .data.default_corpus import resolve_data
     from .data.loader import Blocks, eval_batches
     from .data.store import TokenStore
-    from .export.hf import find_checkpoint, load_encoder
+    from .checkpoint import find_checkpoint, load_encoder
     from .train.checkpoint import load_config, read_meta
 
     checkpoint = find_checkpoint(path)

@@ -342,7 +342,7 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     tokenizer.json, vocab.txt or vocab.json + merges.txt), with the padding and truncation a
     tokenizer.json may carry switched off: prepare encodes documents whole, without special tokens."""
     if path.is_dir():
-        from unimask.export.hf import read_hf_tokenizer
+        from unimask.checkpoint import read_hf_tokenizer
         return read_hf_tokenizer(path)
     if not path.is_file():
         raise UserError(f"tokenizer {path} does not exist; pass a tokenizer.json or a transformers model "

@@ -95,7 +95,7 @@ def _remote(ft, **head) -> Callable[[Path], str]:
 
 def export_finetuned(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
     """Export the fine-tuned model in `path` (a `unimask finetune` --out or its best/) to `out`."""
-    from ..tasks.predict import load_finetuned
+    from ..checkpoint import load_finetuned
 
     ft = load_finetuned(path)
     from .remote import needs_remote_code

@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig
 from ..model.heads import LMHead
-from .hf import BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT, LM_HEAD_TO_BERT, _fit, check_bert_compatible, rename
+from ..checkpoint import fit_state
+from ..model.families import BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT, LM_HEAD_TO_BERT, rename
+from .hf import check_bert_compatible
 
 MODELING_FILE = Path(__file__).with_name("modeling_unimask.py")
 """The remote code, copied into every directory under its own name (config.json's auto_map names it)."""
@@ -102,13 +104,13 @@ def _classifier(classifier: dict, hidden_size: int) -> tuple[dict[str, Tensor], 
         raise UserError(f"classifier labels must be two or more distinct names, not {list(labels)}; "
                         "pass None for a regression head")
     expected = 1 if labels is None else len(labels)
-    outputs = state["out.weight"].shape[0] if "out.weight" in state else expected  # else _fit names what is missing
+    outputs = state["out.weight"].shape[0] if "out.weight" in state else expected  # else fit_state names what is missing
     if outputs != expected:
         what = "a regression head (labels None) has 1" if labels is None else f"{len(labels)} labels need {len(labels)}"
         raise UserError(f"the classifier has {outputs} outputs but {what}; pass the labels it was trained with")
     with torch.device("meta"):
         head = nn.ModuleDict({"dense": nn.Linear(hidden_size, hidden_size), "out": nn.Linear(hidden_size, expected)})
-    _fit(head, dict(state), "the classifier weights")
+    fit_state(head, dict(state), "the classifier weights")
     fields: dict = {"classifier_pooling": pooling, "classifier_dropout": classifier.get("dropout")}
     if labels is None:
         fields.update(num_labels=1, problem_type="regression")
@@ -146,13 +148,13 @@ def write_remote_model(
     except ImportError:
         raise UserError("exporting to transformers needs the transformers package: pip install 'unimask[hf]'") from None
     with torch.device("meta"):
-        _fit(Encoder(cfg), encoder_state, "the encoder weights")
+        fit_state(Encoder(cfg), encoder_state, "the encoder weights")
     architecture = HEAD_ARCHITECTURES[next(iter(heads))] if heads else "UnimaskModel"
     fields = {theirs: getattr(cfg, ours) for ours, theirs in ENCODER_TO_REMOTE_CONFIG.items()}
     tensors = rename(encoder_state, ENCODER_TO_REMOTE[cfg.norm], "unimask." if heads else "")
     if lm_head_state is not None:
         with torch.device("meta"):
-            _fit(LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps), lm_head_state, "the MLM head weights")
+            fit_state(LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps), lm_head_state, "the MLM head weights")
         tensors.update(rename(lm_head_state, LM_HEAD_TO_BERT))
     if classifier is not None:
         state, classifier_fields = _classifier(classifier, cfg.hidden_size)
@@ -160,7 +162,7 @@ def write_remote_model(
         tensors.update(rename(state, CLASSIFIER_TO_REMOTE))
     if qa_head_state is not None:
         with torch.device("meta"):
-            _fit(nn.Linear(cfg.hidden_size, 2), qa_head_state, "the question-answering head weights")
+            fit_state(nn.Linear(cfg.hidden_size, 2), qa_head_state, "the question-answering head weights")
         tensors.update(rename(qa_head_state, QA_HEAD_TO_REMOTE))
     dtype = str(encoder_state["embeddings.word.weight"].dtype).removeprefix("torch.")
     config = UnimaskConfig(**fields, architectures=[architecture], auto_map=dict(AUTO_MAP), dtype=dtype)

@@ -18,7 +18,10 @@ its special tokens by role. Read forwards by export (unimask -> transformers) an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from torch import Tensor
 
 from .encoder import EncoderConfig
 
@@ -128,3 +131,14 @@ ElectraForPreTraining); an ELECTRA generator directory (ElectraForMaskedLM) is r
 --init-generator, not as an encoder."""
 
 FAMILY_TITLES: dict[str, str] = {"bert": "BERT", "roberta": "RoBERTa", "electra": "ELECTRA"}
+
+
+def rename(state: dict[str, Tensor], table: tuple[tuple[str, str], ...], prefix: str = "") -> dict[str, Tensor]:
+    """Apply `table` (full-match regex, replacement) to every key; a key no rule matches is a KeyError."""
+    renamed = {}
+    for key, tensor in state.items():
+        match = next((m.expand(r) for p, r in table if (m := re.fullmatch(p, key))), None)
+        if match is None:
+            raise KeyError(f"no rename rule for {key!r}")
+        renamed[prefix + match] = tensor
+    return renamed

@@ -24,17 +24,17 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from ..checkpoint import Pretrained, load_pretrained  # noqa: F401 (load_pretrained: the tasks' entry)
 from ..errors import UserError
-from ..model.encoder import Encoder, EncoderConfig
+from ..model.encoder import Encoder
 from ..runtime import autocast_for, resolve_device
 from ..train.malloc import keep_freed_memory_on
 from ..train.optim import build_scheduler
@@ -79,56 +79,6 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"fine-tuning config: {message}")
-
-
-@dataclass
-class Pretrained:
-    """The starting point of fine-tuning: encoder weights, their config, the tokenizer, a label."""
-
-    state: dict[str, Tensor] | None      # None: random initialisation
-    config: EncoderConfig
-    tokenizer: Tokenizer
-    name: str
-    source: str
-    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)   # "lm": the tied LM head, if any
-
-    def build(self, seed: int, dropout: float | None = None) -> Encoder:
-        """The encoder (seeded init, then the pretrained weights); `dropout` replaces the config's
-        hidden and attention dropout."""
-        torch.manual_seed(seed)
-        cfg = self.config if dropout is None else replace(self.config, dropout=dropout, attention_dropout=dropout)
-        encoder = Encoder(cfg)
-        if self.state is not None:
-            encoder.load_state_dict(self.state, strict=True)
-        return encoder
-
-
-def load_pretrained(path: str | Path, random_init: bool = False, name: str | None = None) -> Pretrained:
-    """A unimask run directory / checkpoint or a transformers BERT directory; `random_init` keeps only
-    the architecture and the tokenizer (the baseline that shows what pretraining bought)."""
-    from ..export.hf import find_checkpoint, is_hf_directory, load_encoder, load_hf_encoder, _read_tokenizer
-
-    path = Path(path).expanduser()
-    if is_hf_directory(path):
-        encoder, cfg, tokenizer = load_hf_encoder(path)
-        source, heads = str(path), {}
-    else:
-        checkpoint = find_checkpoint(path)
-        encoder, cfg = load_encoder(checkpoint)
-        tokenizer = _read_tokenizer(checkpoint / "tokenizer.json", cfg)
-        source = str(checkpoint)
-        heads = {} if random_init else _lm_head(checkpoint)
-    label = name or (path.name + (" (random init)" if random_init else ""))
-    state = None if random_init else {k: v.clone() for k, v in encoder.state_dict().items()}
-    return Pretrained(state, cfg, tokenizer, label, source, heads)
-
-
-def _lm_head(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
-    """{"lm": state} when the checkpoint's objective has a tied `LMHead` (`export.hf.MLM_HEADS`: MLM,
-    PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
-    from ..export.hf import MLM_HEADS, _read_config, _read_tensors
-    prefix = MLM_HEADS.get(_read_config(checkpoint).get("objective_name"))
-    return {"lm": _read_tensors(checkpoint / "model.safetensors", prefix)} if prefix else {}
 
 
 def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay: float,

@@ -56,7 +56,7 @@ def _generation_config(saved: dict[str, Any], args: argparse.Namespace) -> Gener
 
 
 def run(args: argparse.Namespace) -> int:
-    from .predict import load_finetuned
+    from ..checkpoint import load_finetuned
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     ft = load_finetuned(args.checkpoint)

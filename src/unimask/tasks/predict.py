@@ -22,79 +22,17 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
-from torch import nn
 
+from ..checkpoint import Finetuned, load_finetuned
 from ..errors import UserError
-from ..model.encoder import Encoder, EncoderConfig
 from . import records, tasks
-from .base import SpecialIds, Task
+from .base import SpecialIds
 from .glue import GLUE, Example, SentenceTask
 from .squad import SquadTask, decode_answers, read_squad
-
-
-def find_best(path: str | Path) -> Path:
-    """The directory holding finetune.json: `path` itself or its best/ (a `unimask finetune` output).
-    A pretraining run or any other directory is a one-line error saying what to pass."""
-    path = Path(path).expanduser()
-    for candidate in (path, path / "best"):
-        if (candidate / "finetune.json").is_file():
-            return candidate
-    if (path / "checkpoints").is_dir() or (path / "meta.json").is_file():
-        raise UserError(f"{path} is a pretraining run, which has no fine-tuned head; fine-tune it first "
-                        f"(`unimask finetune --checkpoint {path} --task ... --out DIR`) and pass that DIR")
-    raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
-                    "`unimask finetune`")
-
-
-@dataclass
-class Finetuned:
-    """A fine-tuned model as `unimask finetune` saved it, in eval mode."""
-
-    encoder: Encoder
-    head: nn.Module
-    task: Task
-    tokenizer: Tokenizer
-    meta: dict
-    directory: Path
-
-    @property
-    def max_length(self) -> int:
-        """Tokens per input the model was fine-tuned with (finetune.json; older outputs: 128, squad 384)."""
-        default = 384 if self.meta["task"] == "squad" else 128
-        return min(int(self.meta.get("max_length", default)), self.encoder.config.max_positions)
-
-
-def load_finetuned(path: str | Path) -> Finetuned:
-    """The encoder, head, task, tokenizer and finetune.json of a `unimask finetune` output."""
-    from safetensors.torch import load_file
-
-    best = find_best(path)
-    try:
-        meta = json.loads((best / "finetune.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{best / 'finetune.json'} is not valid JSON ({e}); fine-tune again") from None
-    if meta.get("task") not in tasks():
-        raise UserError(f"{best / 'finetune.json'} names task {meta.get('task')!r}, which this unimask cannot load; "
-                        f"known: {', '.join(tasks())}")
-    for name in ("model.safetensors", "tokenizer.json"):
-        if not (best / name).is_file():
-            raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
-    task = tasks()[meta["task"]].load(meta["task"], meta)
-    encoder = Encoder(EncoderConfig(**meta["model"]))
-    head = task.head(encoder, 0.0)
-    state = load_file(str(best / "model.safetensors"))
-    for prefix, module in (("encoder.", encoder), ("head.", head)):
-        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    tokenizer = Tokenizer.from_file(str(best / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return Finetuned(encoder.eval(), head.eval(), task, tokenizer, meta, best)
 
 
 # ---- sentence tasks ------------------------------------------------------------------------------

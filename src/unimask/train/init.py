@@ -50,8 +50,8 @@ class Init(NamedTuple):
 def read_init(path: str | Path) -> Init:
     """The weights, architecture, tokenizer and carried heads of a unimask checkpoint / run or a
     transformers directory (export.hf.load_hf_model); UserError naming what is wrong."""
-    from ..export.hf import (_read_config, _read_tensors, _read_tokenizer, find_checkpoint, is_hf_directory,
-                             load_encoder, load_hf_model)
+    from ..checkpoint import (find_checkpoint, is_hf_directory, load_encoder, load_hf_model, read_config,
+                              read_tensors, read_tokenizer)
 
     path = Path(path).expanduser()
     if is_hf_directory(path):
@@ -59,11 +59,11 @@ def read_init(path: str | Path) -> Init:
         return Init(str(path), loaded.encoder.state_dict(), loaded.config, loaded.tokenizer, loaded.heads)
     checkpoint = find_checkpoint(path)
     encoder, cfg = load_encoder(checkpoint)
-    tokenizer = _read_tokenizer(checkpoint / "tokenizer.json", cfg)
+    tokenizer = read_tokenizer(checkpoint / "tokenizer.json", cfg)
     heads = {}
-    kind_prefix = _RUN_HEADS.get(_read_config(checkpoint).get("objective_name"))
+    kind_prefix = _RUN_HEADS.get(read_config(checkpoint).get("objective_name"))
     if kind_prefix is not None:
-        state = _read_tensors(checkpoint / "model.safetensors", kind_prefix[1])
+        state = read_tensors(checkpoint / "model.safetensors", kind_prefix[1])
         if state:
             heads[kind_prefix[0]] = state
     return Init(str(checkpoint), encoder.state_dict(), cfg, tokenizer, heads)
