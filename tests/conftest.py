@@ -70,25 +70,32 @@ def tiny_run_config(data: Path, **train):
     )
 
 
+def keyword_rows(n: int, length, first: bool = False) -> list[tuple[str, str]]:
+    """(text, label) rows any working fine-tuning loop learns: `length(i)` random KJV words, and every
+    other row says 'moses' (label "yes"), at the start with `first`, else at a random place."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    words = "the lord said unto him and they went up into land of egypt with all people".split()
+    rows = []
+    for i in range(n):
+        text = [words[j] for j in torch.randint(len(words), (length(i),), generator=g).tolist()]
+        if i % 2:
+            text[0 if first else int(torch.randint(len(text), (1,), generator=g))] = "moses"
+        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    return rows
+
+
 @pytest.fixture(scope="session")
 def classifier(kjv_data, tmp_path_factory) -> tuple[Path, Path]:
     """(fine-tuned output, its dev.tsv): a tiny MLM run fine-tuned to tell whether a text says 'moses'."""
-    import torch
-
     from unimask.tasks.finetune import FinetuneConfig, load_pretrained, sweep
     from unimask.tasks.glue import user_task
     from unimask.train.loop import train
 
     root = tmp_path_factory.mktemp("predict")
     train(tiny_run_config(kjv_data, steps=2, save_every=2), root / "mlm", progress=False)
-    g = torch.Generator().manual_seed(0)
-    words = "the lord said unto him and they went up into land of egypt with all people".split()
-    rows = []
-    for i in range(400):
-        text = [words[j] for j in torch.randint(len(words), (6 + i % 5,), generator=g).tolist()]
-        if i % 2:
-            text[0] = "moses"
-        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    rows = keyword_rows(400, lambda i: 6 + i % 5, first=True)
     for name, part in (("train.tsv", rows[:320]), ("dev.tsv", rows[320:])):
         (root / name).write_text("id\ttext\tlabel\n" + "".join(f"r{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(part)))
     task = user_task("classify", str(root / "train.tsv"), str(root / "dev.tsv"), "text", "label")

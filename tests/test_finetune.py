@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import shared_data, tiny_run_config
+from conftest import keyword_rows, shared_data, tiny_run_config
 from unimask.cli import main
 from unimask.errors import UserError
 from unimask.tasks.base import SpecialIds, collate
@@ -167,14 +167,7 @@ def test_head_pooling_reads_cls_or_the_mean_of_real_tokens() -> None:
 
 def _keyword_task(tmp_path: Path, pooling: str = "cls") -> SentenceTask:
     """A task a working loop must learn: the label says whether the text mentions 'moses'."""
-    g = torch.Generator().manual_seed(0)
-    words = "the lord said unto him and they went up into land of egypt with all people".split()
-    rows = []
-    for i in range(480):
-        text = [words[j] for j in torch.randint(len(words), (8,), generator=g).tolist()]
-        if i % 2:
-            text[torch.randint(8, (1,), generator=g).item()] = "moses"
-        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    rows = keyword_rows(480, lambda i: 8)
     for name, part in (("train.tsv", rows[:400]), ("dev.tsv", rows[400:])):
         (tmp_path / name).write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in part))
     return user_task("classify", str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"), "text", "label",

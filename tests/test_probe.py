@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_data, tiny_run_config
+from conftest import keyword_rows, shared_data, tiny_run_config
 from unimask.cli import main
 from unimask.tasks.base import SpecialIds, collate
 from unimask.tasks.finetune import load_pretrained
@@ -24,14 +24,7 @@ def files(kjv_data, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("probe")
     train(tiny_run_config(kjv_data, steps=2, save_every=2), root / "run", progress=False)
-    g = torch.Generator().manual_seed(0)
-    words = "the lord said unto him and they went up into land of egypt with all people".split()
-    rows = []
-    for i in range(300):
-        text = [words[j] for j in torch.randint(len(words), (4 + i % 9,), generator=g).tolist()]
-        if i % 2:
-            text[int(torch.randint(len(text), (1,), generator=g))] = "moses"
-        rows.append((" ".join(text), "yes" if i % 2 else "no"))
+    rows = keyword_rows(300, lambda i: 4 + i % 9)
     for name, part in (("train.tsv", rows[:200]), ("dev.tsv", rows[200:])):
         (root / name).write_text("id\ttext\tlabel\n" + "".join(f"r{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(part)))
     return root

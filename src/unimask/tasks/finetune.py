@@ -315,24 +315,30 @@ def _sweep_into(out: Path, task: Task, pretrained: Pretrained, cfg: FinetuneConf
 DEFAULT_MAX_LENGTH = {"squad": 384}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import tasks
-    from .options import add_config_arguments
+def add_model_and_data_arguments(p: argparse.ArgumentParser, tasks: list[str], command: str) -> None:
+    """--checkpoint, --task, the data files, --out, --overwrite, --name, --random-init (finetune, probe)."""
     p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a unimask run directory or checkpoint (any objective), or a transformers BERT directory")
-    p.add_argument("--task", required=True, choices=list(tasks()))
+                   help="a unimask run directory or checkpoint (any objective), or a transformers BERT, RoBERTa or "
+                        "ELECTRA directory")
+    p.add_argument("--task", required=True, choices=tasks)
     p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
     p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file; seq2seq: a JSONL file")
     p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file; seq2seq: a JSONL file")
-    p.add_argument("--train-src", metavar="FILE", help="seq2seq: training sources, one per line")
-    p.add_argument("--train-tgt", metavar="FILE", help="seq2seq: training targets, line-aligned with --train-src")
-    p.add_argument("--dev-src", metavar="FILE", help="seq2seq: evaluation sources, one per line")
-    p.add_argument("--dev-tgt", metavar="FILE", help="seq2seq: evaluation references, line-aligned with --dev-src")
-    p.add_argument("--out", metavar="DIR", help="output directory (default runs/finetune/TASK-MODEL)")
+    p.add_argument("--out", metavar="DIR", help=f"output directory (default runs/{command}/TASK-MODEL)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
     p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
     p.add_argument("--random-init", action="store_true",
                    help="the checkpoint's architecture and tokenizer with random weights (the no-pretraining baseline)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from . import tasks
+    from .options import add_config_arguments
+    add_model_and_data_arguments(p, list(tasks()), "finetune")
+    p.add_argument("--train-src", metavar="FILE", help="seq2seq: training sources, one per line")
+    p.add_argument("--train-tgt", metavar="FILE", help="seq2seq: training targets, line-aligned with --train-src")
+    p.add_argument("--dev-src", metavar="FILE", help="seq2seq: evaluation sources, one per line")
+    p.add_argument("--dev-tgt", metavar="FILE", help="seq2seq: evaluation references, line-aligned with --dev-src")
     d = FinetuneConfig()
     p.add_argument("--lr", type=float, nargs="+", default=list(d.lrs), help="learning rates to sweep")
     p.add_argument("--seed", type=int, nargs="+", default=list(d.seeds), help="seeds to sweep")

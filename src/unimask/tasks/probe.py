@@ -320,19 +320,9 @@ def markdown(result: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .finetune import add_model_and_data_arguments
     from .options import add_config_arguments
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a unimask run directory or checkpoint (any objective), or a transformers BERT directory")
-    p.add_argument("--task", required=True, choices=sentence_tasks(),
-                   help="a GLUE classification task or classify (regression tasks are refused)")
-    p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
-    p.add_argument("--train", metavar="FILE", help="classify: the training file (TSV, CSV or JSONL)")
-    p.add_argument("--dev", metavar="FILE", help="classify: the evaluation file")
-    p.add_argument("--out", metavar="DIR", help="output directory (default runs/probe/TASK-MODEL)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--name", help="the model's name in the results (default: the checkpoint's folder)")
-    p.add_argument("--random-init", action="store_true",
-                   help="the checkpoint's architecture and tokenizer with random weights (the no-pretraining baseline)")
+    add_model_and_data_arguments(p, sentence_tasks(), "probe")     # classification tasks only
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p.add_argument_group("probe (tasks/probe.py)"), ProbeConfig, set())
     add_config_arguments(p.add_argument_group("columns (tasks/glue.py)"), SentenceConfig, {"--pooling"})
