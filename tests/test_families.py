@@ -349,3 +349,108 @@ def test_finetune_and_predict_a_transformers_directory(family_dirs, tmp_path: Pa
     assert main(["predict", "--model", str(out), "--input", str(data), "--device", "cpu", "--quiet"]) == 0
     predicted = [_json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(predicted) == 24 and all(p["prediction"] in ("no", "yes") for p in predicted)
+
+
+# ---- --init-generator: an ELECTRA generator directory (ElectraForMaskedLM) ----
+
+def make_electra_generator(directory: Path, discriminator: Path, hidden: int, seed: int = 1) -> Path:
+    """A generator of width `hidden` (2 heads, FFN 4x, 1 layer) sharing `discriminator`'s embedding
+    tables, as the released ELECTRA pairs do."""
+    disc = json.loads((discriminator / "config.json").read_text())
+    torch.manual_seed(seed)
+    config = transformers.ElectraConfig(
+        vocab_size=disc["vocab_size"], max_position_embeddings=disc["max_position_embeddings"],
+        embedding_size=disc["embedding_size"], hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=4 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = _randomize(transformers.ElectraForMaskedLM(config), seed)
+    shared = load_file(discriminator / "model.safetensors")
+    with torch.no_grad():
+        for name, parameter in model.electra.embeddings.named_parameters():
+            parameter.copy_(shared[f"electra.embeddings.{name}"])
+    model.save_pretrained(directory)
+    for name in ("tokenizer.json", "vocab.txt"):          # the discriminator's vocabulary (training is not deterministic)
+        (directory / name).write_bytes((discriminator / name).read_bytes())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def generator_dirs(family_dirs, tmp_path_factory) -> dict[str, Path]:
+    """electra: a 24-wide generator for the 16-wide embeddings (its own embedding projection);
+    electra_full / electra_full_generator: a discriminator with embeddings as wide as its hidden
+    size (what COCO-LM needs) and a 32-wide generator."""
+    root = tmp_path_factory.mktemp("generators")
+    full = make_electra(root / "electra_full", embedding_size=TINY["hidden_size"])
+    return {"electra": make_electra_generator(root / "electra_generator", family_dirs["electra"], 24),
+            "electra_full": full, "electra_full_generator": make_electra_generator(root / "full_generator", full, 32)}
+
+
+@pytest.mark.parametrize("objective,discriminator,generator", [("electra", "electra", "electra"),
+                                                               ("cocolm", "electra_full", "electra_full_generator")])
+def test_init_generator_parity(family_dirs, generator_dirs, objective, discriminator, generator) -> None:
+    """The generator unimask loads computes ElectraForMaskedLM's MLM logits (within 1e-4) on a padded
+    batch, through the encoder's shared embeddings."""
+    from unimask.objectives import OBJECTIVES
+    from unimask.objectives.base import Vocab
+    from unimask.train import init as init_mod
+
+    disc_dir = family_dirs.get(discriminator) or generator_dirs[discriminator]
+    init = init_mod.read_init(disc_dir)
+    gen = init_mod.read_init_generator(generator_dirs[generator], init.config, init.tokenizer)
+    fields = init_mod.generator_fields(objective, gen, init.config)
+    spec = OBJECTIVES[objective]
+    made = spec(spec.Config(**fields), init.config, Vocab(size=init.config.vocab_size))
+    assert init_mod.apply_init_generator(made, init.state["embeddings.word.weight"], gen) == []
+    encoder = checkpoint.load_hf_model(disc_dir).encoder
+    theirs = transformers.ElectraForMaskedLM.from_pretrained(generator_dirs[generator], attn_implementation="eager").eval()
+    ids, mask = padded_batch(init.tokenizer, init.config.pad_token_id)
+    made.eval()
+    with torch.no_grad():
+        hidden = made.generator(encoder, ids, None, None, mask)                     # (B, T, Dg)
+        real = mask.bool()
+        ours = made.generator.logits(hidden[real], encoder)                        # (N, V)
+        expected = theirs(input_ids=ids, attention_mask=mask).logits[real]
+    diff = (ours - expected).abs().max().item()
+    print(objective, "generator logits max abs diff", diff)
+    assert diff <= 1e-4
+    assert (made.generator.project is not None) == (gen.hidden_size != json.loads(
+        (disc_dir / "config.json").read_text())["embedding_size"])
+
+
+def test_pretrain_init_generator(family_dirs, family_data, generator_dirs, tmp_path: Path, capsys) -> None:
+    """`pretrain --init DISC --init-generator GEN`: the run's generator shape comes from GEN, its weights
+    start as GEN's (one step at lr 1e-12), and the config records both paths; refusals are one line
+    and leave no run directory."""
+    run = tmp_path / "run"
+    base = ["pretrain", "--recipe", "electra_mini", "--init", str(family_dirs["electra"]),
+            "--data", str(family_data["electra"]), *RUN]
+    assert main([*base, "--out", str(run), "--init-generator", str(generator_dirs["electra"]),
+                 "--set", "train.steps=1", "--set", "train.lr=1e-12"]) == 0
+    assert "initialised the generator from" in capsys.readouterr().err
+    config = json.loads((run / "config.json").read_text())
+    assert config["init_generator"] == str(generator_dirs["electra"])
+    assert (config["objective"]["generator_hidden_size"], config["objective"]["generator_layers"]) == (24, 1)
+    saved = load_file(run / "checkpoints" / "step_00000001" / "model.safetensors")
+    stored = load_file(generator_dirs["electra"] / "model.safetensors")
+    torch.testing.assert_close(saved["objective.generator.blocks.layers.0.attn.query.weight"],
+                               stored["electra.encoder.layer.0.attention.self.query.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saved["objective.generator.head.bias"], stored["generator_lm_head.bias"], atol=1e-6, rtol=0)
+    cases = [
+        (["--out", str(tmp_path / "b"), "--init-generator", str(family_dirs["electra"])], "is not an ELECTRA generator"),
+        (["--out", str(tmp_path / "c"), "--init-generator", str(generator_dirs["electra_full_generator"])],
+         "has embedding_size=32 and the encoder has 16"),
+        (["--out", str(tmp_path / "d"), "--init-generator", str(generator_dirs["electra"]),
+          "--set", "objective.generator_layers=2"], "--set objective.generator_layers=2 contradicts --init-generator"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert not Path(args[1]).exists()
+    out = tmp_path / "f"
+    assert main(["pretrain", "--recipe", "mlm_mini", "--data", str(family_data["electra"]), "--out", str(out), *RUN,
+                 "--init", str(family_dirs["electra"]), "--init-generator", str(generator_dirs["electra"])]) == 2
+    assert "--init-generator is for objectives with a generator (electra, cocolm), not mlm" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", "electra_mini", "--data", str(family_data["electra"]), "--out", str(out), *RUN,
+                 "--init-generator", str(generator_dirs["electra"])]) == 2
+    assert "--init-generator needs --init" in capsys.readouterr().err
+    assert not out.exists()

@@ -198,7 +198,7 @@ class HFModel(NamedTuple):
     path: Path
 
 
-def _hf_config(path: Path) -> tuple[dict, Family]:
+def read_hf_config(path: Path) -> tuple[dict, Family]:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UserError(f"{path} has no config.json; pass a directory saved by transformers' save_pretrained")
@@ -268,7 +268,7 @@ def load_hf_model(path: str | Path) -> HFModel:
     activation and position type, model.safetensors and the tokenizer files present, the tokenizer's
     vocabulary no larger than the embeddings."""
     path = Path(path).expanduser()
-    config, family = _hf_config(path)
+    config, family = read_hf_config(path)
     if config.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"{path}/config.json has hidden_act={config['hidden_act']!r}; unimask encoders use exact GELU")
     if config.get("position_embedding_type", "absolute") != "absolute":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -25,6 +26,9 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from these weights: a unimask run or checkpoint, or a transformers BERT, RoBERTa "
                         "or ELECTRA (discriminator) directory; the architecture comes from PATH, the optimizer "
                         "and step start fresh (prepare --data with `unimask prepare --tokenizer PATH`)")
+    p.add_argument("--init-generator", default=None, metavar="PATH",
+                   help="with --init, for electra and cocolm: start their generator from a transformers ELECTRA "
+                        "generator directory (ElectraForMaskedLM); its width and depth set the generator's shape")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -46,15 +50,24 @@ def _pretrain(args: argparse.Namespace) -> int:
         cfg = RECIPES[args.recipe or "demo"]()
     if args.data is not None:
         cfg.data.path = args.data
-    init_cfg = None
+    if args.init_generator is not None and args.init is None:
+        raise UserError("--init-generator needs --init: the generator shares the encoder's embeddings; pass the "
+                        "discriminator released with it as --init")
+    init_cfg, generator_fields = None, {}
     if args.init is not None and latest is None:     # a run with a checkpoint resumes from it, not from --init
-        from .train.init import read_init
-        init = read_init(args.init)
+        from .train import init as init_mod
+        init = init_mod.read_init(args.init)
         init_cfg, cfg.model, cfg.init = init.config, init.config, str(Path(args.init).expanduser().resolve())
+        if args.init_generator is not None:
+            generator = init_mod.read_init_generator(args.init_generator, init.config, init.tokenizer)
+            generator_fields = init_mod.generator_fields(cfg.objective_name, generator, init.config)
+            cfg.objective = dataclasses.replace(cfg.objective, **generator_fields)
+            cfg.init_generator = str(Path(args.init_generator).expanduser().resolve())
     cfg = config_mod.apply_overrides(cfg, args.overrides)
     if init_cfg is not None:
-        from .train.init import check_model_overrides
+        from .train.init import check_model_overrides, check_objective_overrides
         check_model_overrides(init_cfg, cfg.model, args.init)
+        check_objective_overrides(generator_fields, cfg.objective, args.init_generator)
     train(cfg, out, resume=args.resume, progress=not args.quiet)
     return 0
 

@@ -128,14 +128,17 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.project = nn.Linear(E, cfg.hidden_size) if E != cfg.hidden_size else None
 
-    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+    def forward(self, inputs_embeds: Tensor, position_ids: Tensor, token_type_ids: Tensor | None,
+                project: bool = True) -> Tensor:
+        """(B, T, E) word embeddings -> (B, T, D), or (B, T, E) with `project=False` (what an ELECTRA
+        generator reads: it shares the tables and LayerNorm, and projects them to its own width)."""
         x = inputs_embeds  # (B, T, E)
         if self.position is not None:
             x = x + self.position(position_ids + self.offset if self.offset else position_ids)
         if self.token_type is not None:
             x = x + (self.token_type(token_type_ids) if token_type_ids is not None else self.token_type.weight[0])
         x = self.dropout(self.norm(x))
-        return self.project(x) if self.project is not None else x   # (B, T, D)
+        return self.project(x) if self.project is not None and project else x   # (B, T, D)
 
 
 class Attention(nn.Module):
@@ -291,8 +294,10 @@ class Encoder(BlockStack):
         return self.embeddings.word
 
     def embed(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-              position_ids: Tensor | None = None, token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The embedding layer's output (B, T, D) and the position ids it used (B, T)."""
+              position_ids: Tensor | None = None, token_type_ids: Tensor | None = None,
+              project: bool = True) -> tuple[Tensor, Tensor]:
+        """The embedding layer's output (B, T, D) and the position ids it used (B, T); with
+        `project=False` the output before ELECTRA's embedding projection, (B, T, E)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -300,7 +305,7 @@ class Encoder(BlockStack):
         B, T, _ = inputs_embeds.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=inputs_embeds.device).expand(B, T)
-        return self.embeddings(inputs_embeds, position_ids, token_type_ids), position_ids
+        return self.embeddings(inputs_embeds, position_ids, token_type_ids, project), position_ids
 
     def forward(
         self,

@@ -66,6 +66,17 @@ RTD_HEAD_TO_ELECTRA: tuple[tuple[str, str], ...] = (
 )
 """unimask ELECTRA `RTDHead` names -> `ElectraForPreTraining` names."""
 
+GENERATOR_TO_ELECTRA: tuple[tuple[str, str], ...] = (
+    (r"project\.(weight|bias)", r"electra.embeddings_project.\1"),
+    *((r"blocks\." + ours, "electra." + theirs) for ours, theirs in ENCODER_TO_BERT if ours.startswith(r"layers")),
+    (r"head\.dense\.(weight|bias)", r"generator_predictions.dense.\1"),
+    (r"head\.norm\.(weight|bias)", r"generator_predictions.LayerNorm.\1"),
+    (r"head\.bias", r"generator_lm_head.bias"),
+)
+"""unimask `MLMGenerator` names -> `transformers.ElectraForMaskedLM` names (an ELECTRA generator
+directory). The generator's embedding tables (`electra.embeddings.*`) are the discriminator's, shared
+(ELECTRA section 3.2), and `generator_lm_head.weight` is tied to them: neither is the generator's own."""
+
 BERT_TO_ENCODER_CONFIG: dict[str, str] = {
     "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
     "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",

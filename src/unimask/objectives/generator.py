@@ -2,8 +2,9 @@
 
 ELECTRA (Clark et al. 2020, section 3.2) and COCO-LM (Meng et al. 2021, section 4) corrupt text
 with a small masked LM that shares the main model's embedding layer (token, position and token-type
-embeddings and their LayerNorm). The generator reads the main encoder's embedding output, projects
-it when it is narrower, runs its own blocks and predicts with an LM head tied to the shared word
+embeddings and their LayerNorm). The generator reads the main encoder's embedding output before the
+main model's own projection (width E, `embedding_size` or the hidden size), projects it to its width
+when that differs (ELECTRA's `embeddings_project` of the generator), runs its own blocks and predicts with an LM head tied to the shared word
 embeddings; it is owned by the objective and discarded after pretraining.
 """
 
@@ -32,7 +33,8 @@ def generator_config(main: EncoderConfig, hidden_size: int, num_layers: int, dro
 class MLMGenerator(nn.Module):
     def __init__(self, main: EncoderConfig, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.project = nn.Linear(main.hidden_size, cfg.hidden_size) if cfg.hidden_size != main.hidden_size else None
+        E = embedding_width(main)
+        self.project = nn.Linear(E, cfg.hidden_size) if cfg.hidden_size != E else None
         self.blocks = BlockStack(cfg)
         self.head = LMHead(cfg.hidden_size, main.vocab_size, cfg.layer_norm_eps, embedding_size=embedding_width(main))
         self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
@@ -40,9 +42,10 @@ class MLMGenerator(nn.Module):
     def forward(self, encoder: Encoder, input_ids: Tensor, position_ids: Tensor | None,
                 token_type_ids: Tensor | None, attention_mask: Tensor | None) -> Tensor:
         """Hidden states (B, T, Dg) of the generator on `input_ids`, through the shared embeddings."""
-        x, position_ids = encoder.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids)
+        x, position_ids = encoder.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                                        project=False)                      # (B, T, E)
         if self.project is not None:
-            x = self.project(x)                                             # (B, T, D) -> (B, T, Dg)
+            x = self.project(x)                                             # (B, T, E) -> (B, T, Dg)
         return self.blocks(x, position_ids, attention_mask)
 
     def logits(self, hidden: Tensor, encoder: Encoder) -> Tensor:

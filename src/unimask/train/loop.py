@@ -241,12 +241,17 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if tcfg.steps < saved_step:       # before config.json is rewritten: the run stays as it was
                 raise UserError(f"train.steps={tcfg.steps} is below {existing}'s step {saved_step}; "
                                 f"set train.steps to at least {saved_step} to continue that run")
-        init = None
+        init = generator_init = None
         if cfg.init and existing is None:   # a new run from released weights (train/init.py)
-            from .init import check_model_overrides, check_tokenizer, read_init
+            from .init import (check_model_overrides, check_objective_overrides, check_tokenizer, generator_fields,
+                               read_init, read_init_generator)
             init = read_init(cfg.init)
             check_model_overrides(init.config, cfg.model, cfg.init)
             check_tokenizer(init, store.tokenizer(), data_dir)
+            if cfg.init_generator:
+                generator_init = read_init_generator(cfg.init_generator, init.config, init.tokenizer)
+                check_objective_overrides(generator_fields(cfg.objective_name, generator_init, init.config),
+                                          cfg.objective, cfg.init_generator)
         # ---- objective (before the run directory: its errors must leave nothing behind) -----
         torch.manual_seed(tcfg.seed)
         vocab = Vocab(size=store.vocab_size, **{k: store.special_ids[k] for k in ("pad", "unk", "cls", "sep", "mask")},
@@ -255,6 +260,13 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
         except ValueError as e:
             raise UserError(f"invalid {cfg.objective_name} settings: {e}") from None
+        if generator_init is not None:
+            from .init import apply_init_generator
+            warnings = apply_init_generator(objective, init.state["embeddings.word.weight"], generator_init)
+            if info.is_main:
+                for warning in warnings:
+                    print(f"warning: {warning}", file=sys.stderr)
+                print(f"initialised the generator from {generator_init.source}", file=sys.stderr)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
