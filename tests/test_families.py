@@ -454,3 +454,34 @@ def test_pretrain_init_generator(family_dirs, family_data, generator_dirs, tmp_p
                  "--init-generator", str(generator_dirs["electra"])]) == 2
     assert "--init-generator needs --init" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bert_pooler_starts_the_cls_classification_head(tmp_path: Path) -> None:
+    """A BERT directory with a pooler (BertModel, BertForSequenceClassification): fine-tuning's [CLS]
+    head starts from it, as transformers' BertForSequenceClassification does (pooled output within
+    1e-5); mean pooling and random init start fresh."""
+    from unimask.tasks.glue import ClassificationHead, SentenceTask
+
+    directory = tmp_path / "bert_cls"
+    tok = bert_tokenizer(directory)
+    config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=64, **TINY)
+    theirs = _randomize(transformers.BertForSequenceClassification(config), 3)
+    theirs.save_pretrained(directory)
+    bert_tokenizer(directory)
+    pretrained = checkpoint.load_pretrained(directory)
+    assert set(pretrained.heads) == {"pooler"}
+    assert checkpoint.load_pretrained(directory, random_init=True).heads == {}
+    task = object.__new__(SentenceTask)
+    for pooling, expected in (("cls", ["pooler"]), ("mean", [])):
+        task.pooling = pooling
+        head = ClassificationHead(32, 2, 0.0, pooling)
+        assert task.init_head(head, pretrained.heads) == expected
+    head = ClassificationHead(32, 2, 0.0, "cls")
+    task.pooling = "cls"
+    task.init_head(head, pretrained.heads)
+    ids, mask = padded_batch(pretrained.tokenizer, 0)
+    encoder = pretrained.build(0, 0.0).eval()
+    with torch.no_grad():
+        ours = torch.tanh(head.dense(encoder(ids, attention_mask=mask)[:, 0]))
+        pooled = theirs.bert(input_ids=ids, attention_mask=mask).pooler_output
+    assert (ours - pooled).abs().max().item() <= 1e-5

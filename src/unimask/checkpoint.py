@@ -193,7 +193,8 @@ class HFModel(NamedTuple):
     config: EncoderConfig
     tokenizer: Tokenizer                  # padding and truncation off
     family: Family
-    heads: dict[str, dict[str, Tensor]]   # "lm": LMHead state (BERT, RoBERTa MLM); "rtd": ELECTRA's RTDHead state
+    heads: dict[str, dict[str, Tensor]]   # "lm": LMHead state (BERT, RoBERTa MLM); "rtd": ELECTRA's RTDHead state;
+                                          # "pooler": BERT's pooler as the ClassificationHead's dense layer
     special_tokens: dict[str, str]        # role -> token
     path: Path
 
@@ -294,8 +295,9 @@ def load_hf_model(path: str | Path) -> HFModel:
     state = {back[k[len(prefix):]]: v for k, v in stored.items() if k.startswith(prefix) and k[len(prefix):] in back}
     fit_state(encoder, state, str(weights))
     heads = {}
-    for name, table in family.heads.items():
-        head = {mine: v for k, v in stored.items() if (mine := _rename_back(k, table)) is not None}
+    for name, table in family.heads.items():     # LM / RTD heads sit beside the encoder, the pooler inside it
+        head = {mine: v for k, v in stored.items()
+                if (mine := _rename_back(k.removeprefix(prefix) if prefix else k, table)) is not None}
         if head:
             heads[name] = head
     return HFModel(encoder.eval(), cfg, tokenizer, family, heads, special_tokens, path)
@@ -396,7 +398,7 @@ class Pretrained:
     tokenizer: Tokenizer
     name: str
     source: str
-    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)   # "lm": the tied LM head, if any
+    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)   # "lm" / "rtd" / "pooler" state dicts, if any
 
     def build(self, seed: int, dropout: float | None = None) -> Encoder:
         """The encoder (seeded init, then the pretrained weights); `dropout` replaces the config's
@@ -414,8 +416,9 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
     the architecture and the tokenizer (the baseline that shows what pretraining bought)."""
     path = Path(path).expanduser()
     if is_hf_directory(path):
-        encoder, cfg, tokenizer = load_hf_encoder(path)
-        source, heads = str(path), {}
+        loaded = load_hf_model(path)
+        encoder, cfg, tokenizer = loaded.encoder, loaded.config, loaded.tokenizer
+        source, heads = str(path), {} if random_init else loaded.heads
     else:
         checkpoint = find_checkpoint(path)
         encoder, cfg = load_encoder(checkpoint)

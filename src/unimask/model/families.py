@@ -3,8 +3,8 @@
 Each `Family` says, for a transformers `model_type`: how its config fields become `EncoderConfig`
 fields, how unimask's tensor names map onto its names (the encoder under `prefix` in the
 *ForMaskedLM / *ForPreTraining classes, bare in *Model), which of its heads unimask can carry
-(BERT's and RoBERTa's tied MLM head -> `LMHead`, ELECTRA's discriminator head -> the RTD head), and
-its special tokens by role. Read forwards by export (unimask -> transformers) and backwards by
+(BERT's and RoBERTa's tied MLM head -> `LMHead`, ELECTRA's discriminator head -> the RTD head, BERT's
+pooler -> the dense layer of the [CLS] classification head), and its special tokens by role. Read forwards by export (unimask -> transformers) and backwards by
 `export.hf.load_hf_model` (transformers -> unimask); no tensor is transformed, only renamed.
 
 - BERT (`BertModel`, `BertForMaskedLM`): unimask's post-LN absolute-position encoder under other names.
@@ -59,6 +59,10 @@ LM_HEAD_TO_ROBERTA: tuple[tuple[str, str], ...] = (
     (r"bias", r"lm_head.bias"),
 )
 """unimask `LMHead` names -> `RobertaForMaskedLM` names (`lm_head.decoder.*` is tied, not written)."""
+
+POOLER_TO_BERT: tuple[tuple[str, str], ...] = ((r"(weight|bias)", r"pooler.dense.\1"),)
+"""The dense layer of unimask's [CLS] `ClassificationHead` -> `BertModel`'s pooler (under "bert." in the
+*For* classes): `BertForSequenceClassification` starts from the pretrained pooler, so fine-tuning does."""
 
 RTD_HEAD_TO_ELECTRA: tuple[tuple[str, str], ...] = (
     (r"dense\.(weight|bias)", r"discriminator_predictions.dense.\1"),
@@ -131,7 +135,8 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family("bert", "bert.", ENCODER_TO_BERT, {"lm": LM_HEAD_TO_BERT}, BERT_SPECIAL_TOKENS, "BertTokenizerFast"),
+    "bert": Family("bert", "bert.", ENCODER_TO_BERT, {"lm": LM_HEAD_TO_BERT, "pooler": POOLER_TO_BERT},
+                   BERT_SPECIAL_TOKENS, "BertTokenizerFast"),
     "roberta": Family("roberta", "roberta.", ENCODER_TO_BERT, {"lm": LM_HEAD_TO_ROBERTA}, ROBERTA_SPECIAL_TOKENS,
                       "RobertaTokenizerFast"),
     "electra": Family("electra", "electra.", ENCODER_TO_ELECTRA, {"rtd": RTD_HEAD_TO_ELECTRA}, BERT_SPECIAL_TOKENS,

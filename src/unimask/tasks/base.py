@@ -56,6 +56,15 @@ class Task:
     eval_splits: tuple[str, ...] = ("dev",)
     pretrained_head: ClassVar[str | None] = None   # "lm": load the checkpoint's tied LMHead state into the head
 
+    def init_head(self, head: nn.Module, heads: dict[str, dict[str, Tensor]]) -> list[str]:
+        """Load what the pretrained checkpoint carries for this task's fresh `head` (`Pretrained.heads`:
+        "lm", "rtd", "pooler" state dicts); returns the kinds loaded. Default: the whole head from
+        `heads[pretrained_head]`."""
+        if self.pretrained_head is not None and self.pretrained_head in heads:
+            head.load_state_dict(heads[self.pretrained_head])
+            return [self.pretrained_head]
+        return []
+
     def options(self) -> dict[str, Any]:
         """Task settings saved with the fine-tuned weights (best/finetune.json "task_options"), for tools
         that use the model afterwards (`unimask generate` reads the seq2seq lengths and decoding)."""

@@ -123,8 +123,7 @@ def finetune_one(task: Task, pretrained: Pretrained, data: dict[str, tuple[list,
     special = SpecialIds.of(pretrained.tokenizer)
     encoder = pretrained.build(seed, cfg.encoder_dropout).to(device).train()
     head = task.head(encoder, cfg.dropout).to(device).train()
-    if task.pretrained_head is not None and task.pretrained_head in pretrained.heads:
-        head.load_state_dict(pretrained.heads[task.pretrained_head])
+    task.init_head(head, pretrained.heads)
     model = nn.ModuleDict({"encoder": encoder, "head": head})
     optimizer = torch.optim.AdamW(parameter_groups(encoder, head, lr, cfg.weight_decay, cfg.layer_decay),
                                   lr=lr, betas=(0.9, 0.999), eps=1e-6)

@@ -254,6 +254,14 @@ class SentenceTask(Task):
         return ClassificationHead(encoder.config.hidden_size, 1 if self.regression else len(self.labels), dropout,
                                   self.pooling)
 
+    def init_head(self, head: nn.Module, heads: dict[str, dict[str, Tensor]]) -> list[str]:
+        """[CLS] pooling starts its dense layer from a BERT checkpoint's pretrained pooler, as
+        `BertForSequenceClassification` does; mean pooling and other checkpoints start fresh."""
+        if self.pooling == "cls" and "pooler" in heads:
+            head.dense.load_state_dict(heads["pooler"])
+            return ["pooler"]
+        return []
+
     def loss(self, head: nn.Module, hidden: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         out = head(hidden, batch["attention_mask"]).float()                        # (B, C)
         if self.regression:
