@@ -33,12 +33,16 @@ from .train.checkpoint import latest_checkpoint, verify
 if TYPE_CHECKING:
     from .tasks.base import Task
 
-MLM_HEADS: dict[str, str] = {
-    "mlm": "objective.head.",
-    "pmlm": "objective.head.",
+RUN_HEADS: dict[str, tuple[str, str]] = {
+    "mlm": ("lm", "objective.head."),
+    "pmlm": ("lm", "objective.head."),
+    "electra": ("rtd", "objective.rtd_head."),
 }
-"""Objective name -> prefix of its tied `LMHead` in a checkpoint's model.safetensors. Objectives
-not listed here export their encoder only, as `BertModel`."""
+"""Objective name -> (head kind, its prefix in a checkpoint's model.safetensors): the heads a run carries
+into transformers (`Family.architectures`) and into `pretrain --init` (train/init.py INIT_HEADS)."""
+
+MLM_HEADS: dict[str, str] = {name: prefix for name, (kind, prefix) in RUN_HEADS.items() if kind == "lm"}
+"""Objective name -> prefix of its tied `LMHead` (MLM, PMLM)."""
 
 
 def fit_state(module: nn.Module, state: dict[str, Tensor], where: str) -> None:

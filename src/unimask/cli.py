@@ -58,6 +58,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         from .train import init as init_mod
         init = init_mod.read_init(args.init)
         init_cfg, cfg.model, cfg.init = init.config, init.config, str(Path(args.init).expanduser().resolve())
+        cfg.init_family = init.family                # `unimask export` writes the run back in this family
         if args.init_generator is not None:
             generator = init_mod.read_init_generator(args.init_generator, init.config, init.tokenizer)
             generator_fields = init_mod.generator_fields(cfg.objective_name, generator, init.config)

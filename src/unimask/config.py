@@ -32,6 +32,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     init: str = ""                      # --init: the checkpoint / transformers directory the weights came from
+    init_family: str = ""               # the transformers family (bert, roberta, electra) --init's weights came from
     init_generator: str = ""            # --init-generator: the ELECTRA generator directory of ELECTRA's / COCO-LM's generator
 
     def to_dict(self) -> dict:

@@ -11,7 +11,8 @@ from .. import __version__
 
 PIPELINES = {"BertForSequenceClassification": "text-classification",
              "UnimaskForSequenceClassification": "text-classification"}
-AUTO_CLASSES = {"ForMaskedLM": "AutoModelForMaskedLM", "ForSequenceClassification": "AutoModelForSequenceClassification",
+AUTO_CLASSES = {"ForMaskedLM": "AutoModelForMaskedLM", "ForPreTraining": "AutoModelForPreTraining",
+                "ForSequenceClassification": "AutoModelForSequenceClassification",
                 "ForQuestionAnswering": "AutoModelForQuestionAnswering"}
 """Architecture suffix -> the transformers Auto class that loads it (else AutoModel)."""
 

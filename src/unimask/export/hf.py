@@ -36,19 +36,17 @@ from torch import Tensor
 
 # the readers live in unimask/checkpoint.py; load_encoder, find_checkpoint, is_hf_directory and
 # load_hf_encoder stay importable from here (README: Export), as do the BERT tables and `rename`
-from ..checkpoint import (MLM_HEADS, find_checkpoint, fit_state, is_hf_directory, load_encoder,  # noqa: F401
-                          load_hf_encoder, read_config, read_tensors, read_tokenizer)
+from ..checkpoint import (MLM_HEADS, RUN_HEADS, find_checkpoint, fit_state, is_hf_directory,  # noqa: F401
+                          load_encoder, load_hf_encoder, read_config, read_tensors, read_tokenizer, special_tokens_of)
 from ..errors import UserError
-from ..model.encoder import Encoder, EncoderConfig
-from ..model.families import BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT, LM_HEAD_TO_BERT, rename  # noqa: F401
+from ..model.encoder import Encoder, EncoderConfig, embedding_width
+from ..model.families import (BERT_SPECIAL_TOKENS, BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT,  # noqa: F401
+                               FAMILIES, FAMILY_TITLES, LM_HEAD_TO_BERT, Family, rename)
 from ..model.heads import LMHead
 
 if TYPE_CHECKING:
     from transformers import BertConfig
 
-SPECIAL_TOKENS: dict[str, str] = {
-    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-}
 _LOAD_HINT = ("`unimask export` writes such encoders with remote code (export/remote.py), or load it with "
               "unimask.export.hf.load_encoder(checkpoint) (README: Export)")
 
@@ -109,15 +107,24 @@ def to_bert_config(cfg: EncoderConfig, **kw) -> BertConfig:
 
 def _tokenizer_config(tokenizer_json: Path, max_length: int) -> dict:
     """tokenizer_config.json: `BertTokenizer` when transformers rebuilds exactly this pipeline from the
-    vocabulary (WordPiece "##", BertNormalizer, BertPreTokenizer), else the tokenizer.json as it is."""
+    vocabulary (WordPiece "##", BertNormalizer, BertPreTokenizer), else the tokenizer.json as it is,
+    with its own special tokens ([CLS] ... or RoBERTa's <s> ...) and token types only where it has
+    two (RoBERTa's one-type models take none)."""
     spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    roles = special_tokens_of(Tokenizer.from_file(str(tokenizer_json))) or dict(BERT_SPECIAL_TOKENS)
+    special = {f"{role}_token": token for role, token in roles.items()}
+    if roles["cls"] == "<s>":
+        special.update(bos_token="<s>", eos_token="</s>")
     model, norm, pre = spec.get("model") or {}, spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
     bert_shaped = (model.get("type") == "WordPiece" and model.get("continuing_subword_prefix") == "##"
                    and model.get("max_input_chars_per_word", 100) == 100
                    and norm.get("type") == "BertNormalizer" and norm.get("clean_text", True)
                    and pre.get("type") == "BertPreTokenizer")
-    config = {"model_max_length": max_length, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-              **SPECIAL_TOKENS}
+    one_type = roles["cls"] == "<s>"
+    config = {"model_max_length": max_length,
+              "model_input_names": ["input_ids", "attention_mask"] if one_type else
+                                   ["input_ids", "token_type_ids", "attention_mask"],
+              **special}
     if not bert_shaped:
         return {"tokenizer_class": "PreTrainedTokenizerFast", **config}
     return {"tokenizer_class": "BertTokenizer", "do_lower_case": norm.get("lowercase", True),
@@ -149,7 +156,7 @@ def _check_tokenizer(directory: Path, tokenizer: Tokenizer) -> None:
     for text in [*probes, "Hello, WORLD! Ünïcödé café 北京 don't", "[CLS] a [MASK] b"]:
         ours = tokenizer.encode(text, "Second Segment.")
         theirs = loaded(text, "Second Segment.")
-        if ours.ids != theirs["input_ids"] or ours.type_ids != theirs["token_type_ids"]:
+        if ours.ids != theirs["input_ids"] or ("token_type_ids" in theirs and ours.type_ids != theirs["token_type_ids"]):
             raise RuntimeError(f"transformers tokenizes {text[:40]!r} differently from tokenizer.json: export bug")
 
 
@@ -197,30 +204,64 @@ def export_encoder(
     `LMHead` state dict (`dense.*`, `norm.*`, `bias`) -> BertForMaskedLM, or None -> BertModel.
     """
     check_bert_compatible(cfg)
+    export_family(encoder_state, ("lm", head_state) if head_state is not None else None, cfg, tokenizer_json, out,
+                  FAMILIES["bert"], overwrite, card)
+
+
+def export_family(
+    encoder_state: dict[str, Tensor],
+    head: tuple[str, dict[str, Tensor]] | None,
+    cfg: EncoderConfig,
+    tokenizer_json: Path,
+    out: Path,
+    family: Family,
+    overwrite: bool = False,
+    card: str | None = None,
+) -> str:
+    """Write a transformers directory of `family` (BERT, RoBERTa, ELECTRA; model/families.py) to `out`;
+    returns the architecture written (`family.architectures`). `head` is (kind, state): "lm" (an
+    `LMHead` state) -> *ForMaskedLM, "rtd" (ELECTRA's `RTDHead`) -> ElectraForPreTraining; None -> the
+    bare *Model. The tensors are renamed, never changed: transformers reproduces unimask's outputs
+    (tests/test_families.py). UserError when the family cannot hold the encoder."""
+    reasons = family.check_holds(cfg)
+    if reasons:
+        raise UserError(f"cannot export to transformers {FAMILY_TITLES[family.name]}: {'; '.join(reasons)}; {_LOAD_HINT}")
+    kind, head_state = head if head is not None else ("", None)
+    if kind not in family.architectures:
+        raise UserError(f"transformers {FAMILY_TITLES[family.name]} has no class for a {kind} head")
     tokenizer_json, out = Path(tokenizer_json), Path(out).expanduser().resolve()
     with torch.device("meta"):
         fit_state(Encoder(cfg), encoder_state, "the encoder weights")
-        if head_state is not None:
-            fit_state(LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps), head_state, "the MLM head weights")
+        if kind == "lm":
+            fit_state(LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps, embedding_size=embedding_width(cfg)),
+                      head_state, "the MLM head weights")
     tokenizer = read_tokenizer(tokenizer_json, cfg)
     encoder_state = dict(encoder_state)
-    if cfg.type_vocab_size == 0:
+    if cfg.type_vocab_size == 0:             # transformers always adds a token-type row: a zero one
         embedding = encoder_state["embeddings.word.weight"]
-        encoder_state["embeddings.token_type.weight"] = embedding.new_zeros(1, cfg.hidden_size)
+        encoder_state["embeddings.token_type.weight"] = embedding.new_zeros(1, embedding_width(cfg))
+    architecture = family.architectures[kind]
     if head_state is None:
-        architecture, tensors = "BertModel", rename(encoder_state, ENCODER_TO_BERT)
+        tensors = rename(encoder_state, family.encoder_table)
     else:
-        architecture = "BertForMaskedLM"
-        tensors = {**rename(encoder_state, ENCODER_TO_BERT, "bert."), **rename(head_state, LM_HEAD_TO_BERT)}
+        tensors = {**rename(encoder_state, family.encoder_table, family.prefix), **rename(head_state, family.heads[kind])}
+    values = family.config_dict(cfg)
+    if family.name == "roberta":
+        values.update(bos_token_id=tokenizer.token_to_id("<s>"), eos_token_id=tokenizer.token_to_id("</s>"))
     dtype = str(encoder_state["embeddings.word.weight"].dtype).removeprefix("torch.")
-    bert_config = to_bert_config(cfg, architectures=[architecture], dtype=dtype)
+    try:
+        from transformers import AutoConfig
+    except ImportError:
+        raise UserError("exporting to transformers needs the transformers package: pip install 'unimask[hf]'") from None
+    hf_config = AutoConfig.for_model(values.pop("model_type"), **values, architectures=[architecture], dtype=dtype)
 
     def write_model(directory: Path) -> None:
-        bert_config.to_json_file(directory / "config.json")
+        hf_config.to_json_file(directory / "config.json")
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
                   metadata={"format": "pt"})
 
     write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model, card)
+    return architecture
 
 
 def write_directory(out: Path, overwrite: bool, tokenizer: Tokenizer, tokenizer_json: Path, max_length: int,
@@ -247,35 +288,62 @@ def write_directory(out: Path, overwrite: bool, tokenizer: Tokenizer, tokenizer_
             shutil.rmtree(tmp)
 
 
-def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
-    """Export a checkpoint (or a run directory's latest) to `out`: native BERT (BertForMaskedLM when its
-    objective has a tied LM head, `MLM_HEADS`, else BertModel) when BERT can hold the encoder, else
-    remote code (UnimaskForMaskedLM / UnimaskModel, export/remote.py). Objectives with auxiliary
+def export_family_of(cfg: EncoderConfig, config: dict, requested: str | None = None) -> Family | None:
+    """The family a checkpoint is exported in: `requested` (--family), else the family its --init weights
+    came from (config.json "init_family": a continued RoBERTa stays a RoBERTa), else by architecture
+    (RoBERTa's position offset, ELECTRA's embedding projection, BERT otherwise). None when that family
+    cannot hold the encoder (pre-LN, relative positions): remote code. UserError when `requested` cannot."""
+    if requested:
+        if requested not in FAMILIES:
+            raise UserError(f"--family {requested!r} is not one of {', '.join(FAMILIES)}")
+        reasons = FAMILIES[requested].check_holds(cfg)
+        if reasons:
+            raise UserError(f"cannot export as {FAMILY_TITLES[requested]}: {'; '.join(reasons)}; drop --family "
+                            "(the default is the family the model came from, or remote code)")
+        return FAMILIES[requested]
+    name = config.get("init_family") or ("roberta" if cfg.position_offset else
+                                         "electra" if cfg.embedding_size else "bert")
+    family = FAMILIES.get(name, FAMILIES["bert"])
+    return None if family.check_holds(cfg) else family
+
+
+def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None) -> Exported:
+    """Export a checkpoint (or a run directory's latest) to `out`, natively in a transformers family
+    (`export_family_of`: BERT, or the RoBERTa / ELECTRA it was continued from) with the head its
+    objective shares with that family (`RUN_HEADS`: the tied MLM head -> *ForMaskedLM, ELECTRA's RTD
+    head -> ElectraForPreTraining; else the bare *Model), or with remote code (UnimaskForMaskedLM /
+    UnimaskModel, export/remote.py) when no family can hold the encoder. Objectives with auxiliary
     networks (MAE-LM's decoder, ELECTRA's and COCO-LM's generators) export their encoder only."""
     from .card import pretraining_card
-    from .remote import needs_remote_code, write_remote_model
+    from .remote import write_remote_model
 
     checkpoint = find_checkpoint(path)
     config = read_config(checkpoint)
     encoder, cfg = load_encoder(checkpoint)
-    if cfg.embedding_size or cfg.position_offset:
-        raise UserError(f"{checkpoint} continues a RoBERTa or ELECTRA model (position_offset / embedding_size); "
-                        "exporting it back to its family is not supported yet")
+    chosen = export_family_of(cfg, config, family)
+    if chosen is None and (cfg.embedding_size or cfg.position_offset):
+        raise UserError(f"{checkpoint}: an encoder with position_offset or embedding_size exports to RoBERTa or "
+                        "ELECTRA only, and neither holds this one")
     objective = config.get("objective_name")
+    kind, prefix = RUN_HEADS.get(objective, ("", ""))
+    if kind not in (chosen.architectures if chosen is not None else ("lm",)):
+        kind = ""                                          # a head the target has no class for stays behind
     head_state = None
-    if objective in MLM_HEADS:
-        head_state = read_tensors(checkpoint / "model.safetensors", MLM_HEADS[objective])
+    if kind:
+        head_state = read_tensors(checkpoint / "model.safetensors", prefix)
         if not head_state:
-            raise UserError(f"{checkpoint}/model.safetensors has no {MLM_HEADS[objective]}* tensors although its "
+            raise UserError(f"{checkpoint}/model.safetensors has no {prefix}* tensors although its "
                             f"objective is {objective}; the checkpoint is damaged")
     out = Path(out).expanduser().resolve()
     tokenizer_json = checkpoint / "tokenizer.json"
-    remote = needs_remote_code(cfg)
-    architecture = ("Unimask" if remote else "Bert") + ("ForMaskedLM" if head_state is not None else "Model")
-    card = pretraining_card(checkpoint, config, architecture, remote)
-    if not remote:
-        export_encoder(encoder.state_dict(), head_state, cfg, tokenizer_json, out, overwrite=overwrite, card=card)
+    if chosen is not None:
+        architecture = chosen.architectures[kind]
+        card = pretraining_card(checkpoint, config, architecture, False)
+        export_family(encoder.state_dict(), (kind, head_state) if kind else None, cfg, tokenizer_json, out, chosen,
+                      overwrite, card)
         return Exported(checkpoint, architecture, out)
+    architecture = "Unimask" + ("ForMaskedLM" if head_state is not None else "Model")
+    card = pretraining_card(checkpoint, config, architecture, True)
 
     def write_model(directory: Path) -> None:
         written = write_remote_model(directory, cfg, encoder.state_dict(), lm_head_state=head_state)
@@ -286,14 +354,16 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     return Exported(checkpoint, architecture, out)
 
 
-def export_any(path: str | Path, out: str | Path, overwrite: bool = False) -> Exported:
+def export_any(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None) -> Exported:
     """A `unimask finetune` output (finetune.json in PATH or PATH/best) -> export/finetuned.py's
     writer; anything else is a pretraining run or checkpoint -> `export_checkpoint`."""
     path = Path(path).expanduser()
     if any((candidate / "finetune.json").is_file() for candidate in (path, path / "best")):
+        if family is not None:
+            raise UserError("--family is for pretraining checkpoints; a fine-tuned model exports as BERT or remote code")
         from .finetuned import export_finetuned
         return export_finetuned(path, out, overwrite)
-    return export_checkpoint(path, out, overwrite)
+    return export_checkpoint(path, out, overwrite, family)
 
 
 EXPORTERS = {"hf": export_any}
@@ -307,6 +377,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", choices=sorted(EXPORTERS), default="hf", help="target format (default %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                        help="the transformers family to write (default: the one --init came from, else BERT; "
+                             "remote code where none holds the encoder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
     if not path:
         raise UserError("no checkpoint given; pass a run directory or checkpoint as PATH (or --checkpoint)")
     from .card import PIPELINES, auto_class, load_arguments
-    done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite)
+    done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite, family=args.family)
     extra = load_arguments(done.architecture)
     how = (f'transformers.pipeline("{PIPELINES[done.architecture]}", model={str(done.out)!r}{extra})'
            if done.architecture in PIPELINES else

@@ -64,6 +64,14 @@ POOLER_TO_BERT: tuple[tuple[str, str], ...] = ((r"(weight|bias)", r"pooler.dense
 """The dense layer of unimask's [CLS] `ClassificationHead` -> `BertModel`'s pooler (under "bert." in the
 *For* classes): `BertForSequenceClassification` starts from the pretrained pooler, so fine-tuning does."""
 
+LM_HEAD_TO_ELECTRA: tuple[tuple[str, str], ...] = (
+    (r"dense\.(weight|bias)", r"generator_predictions.dense.\1"),
+    (r"norm\.(weight|bias)", r"generator_predictions.LayerNorm.\1"),
+    (r"bias", r"generator_lm_head.bias"),
+)
+"""unimask `LMHead` (hidden -> embedding width) -> `ElectraForMaskedLM` names (`generator_lm_head.weight`
+is tied to the word embeddings, not written)."""
+
 RTD_HEAD_TO_ELECTRA: tuple[tuple[str, str], ...] = (
     (r"dense\.(weight|bias)", r"discriminator_predictions.dense.\1"),
     (r"out\.(weight|bias)", r"discriminator_predictions.dense_prediction.\1"),
@@ -102,6 +110,7 @@ class Family:
     heads: dict[str, tuple[tuple[str, str], ...]]    # "lm" (LMHead) / "rtd" (RTDHead) -> family names
     special_tokens: dict[str, str]                   # role (pad unk cls sep mask) -> token
     tokenizer_class: str                             # transformers' fast tokenizer class
+    architectures: dict[str, str] = field(default_factory=dict)  # head kind carried ("" none) -> transformers class
     extra_config: dict[str, str] = field(default_factory=dict)   # family-only config fields -> EncoderConfig
 
     def encoder_config(self, config: dict) -> EncoderConfig:
@@ -115,6 +124,19 @@ class Family:
         if self.name == "electra" and values.get("embedding_size") == values.get("hidden_size", 256):
             values["embedding_size"] = 0
         return EncoderConfig(**values)
+
+    def config_dict(self, cfg: EncoderConfig) -> dict:
+        """The transformers config.json fields of an encoder of `cfg` (`encoder_config` backwards): exact
+        GELU, at least one token type (a zero table stands in for none), RoBERTa's position table
+        max_positions + position_offset rows long, ELECTRA's embedding_size (the hidden size when 0)."""
+        values = {theirs: getattr(cfg, ours) for theirs, ours in {**BERT_TO_ENCODER_CONFIG, **self.extra_config}.items()}
+        values.update(model_type=self.name, hidden_act="gelu", type_vocab_size=max(cfg.type_vocab_size, 1),
+                      tie_word_embeddings=True)
+        if self.name == "roberta":
+            values["max_position_embeddings"] = cfg.max_positions + cfg.position_offset
+        if self.name == "electra":
+            values["embedding_size"] = cfg.embedding_size or cfg.hidden_size
+        return values
 
     def check_holds(self, cfg: EncoderConfig) -> list[str]:
         """Why this family cannot hold an encoder of `cfg` (empty when it can)."""
@@ -136,11 +158,13 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", "bert.", ENCODER_TO_BERT, {"lm": LM_HEAD_TO_BERT, "pooler": POOLER_TO_BERT},
-                   BERT_SPECIAL_TOKENS, "BertTokenizerFast"),
+                   BERT_SPECIAL_TOKENS, "BertTokenizerFast", {"lm": "BertForMaskedLM", "": "BertModel"}),
     "roberta": Family("roberta", "roberta.", ENCODER_TO_BERT, {"lm": LM_HEAD_TO_ROBERTA}, ROBERTA_SPECIAL_TOKENS,
-                      "RobertaTokenizerFast"),
-    "electra": Family("electra", "electra.", ENCODER_TO_ELECTRA, {"rtd": RTD_HEAD_TO_ELECTRA}, BERT_SPECIAL_TOKENS,
-                      "ElectraTokenizerFast", extra_config={"embedding_size": "embedding_size"}),
+                      "RobertaTokenizerFast", {"lm": "RobertaForMaskedLM", "": "RobertaModel"}),
+    "electra": Family("electra", "electra.", ENCODER_TO_ELECTRA, {"rtd": RTD_HEAD_TO_ELECTRA, "lm": LM_HEAD_TO_ELECTRA},
+                      BERT_SPECIAL_TOKENS, "ElectraTokenizerFast",
+                      {"rtd": "ElectraForPreTraining", "lm": "ElectraForMaskedLM", "": "ElectraModel"},
+                      extra_config={"embedding_size": "embedding_size"}),
 }
 """transformers model_type -> its import table. ELECTRA here is the discriminator (ElectraModel,
 ElectraForPreTraining); an ELECTRA generator directory (ElectraForMaskedLM) is read by pretrain's

@@ -34,13 +34,6 @@ INIT_HEADS: dict[str, dict[str, str]] = {
 }
 """Objective name -> {head kind in the init checkpoint: the objective's attribute it loads into}."""
 
-_RUN_HEADS: dict[str, tuple[str, str]] = {
-    "mlm": ("lm", "objective.head."),
-    "pmlm": ("lm", "objective.head."),
-    "electra": ("rtd", "objective.rtd_head."),
-}
-"""A unimask run's objective -> (head kind, its prefix in model.safetensors)."""
-
 FREE_FIELDS = ("dropout", "attention_dropout")
 """`model.*` fields a --set may change on top of --init (everything else is the checkpoint's architecture)."""
 
@@ -51,28 +44,31 @@ class Init(NamedTuple):
     config: EncoderConfig
     tokenizer: Tokenizer
     heads: dict[str, dict[str, Tensor]]        # "lm" / "rtd" -> head state dict
+    family: str                                # the transformers family the weights came from ("" none)
 
 
 def read_init(path: str | Path) -> Init:
     """The weights, architecture, tokenizer and carried heads of a unimask checkpoint / run or a
     transformers directory (export.hf.load_hf_model); UserError naming what is wrong."""
-    from ..checkpoint import (find_checkpoint, is_hf_directory, load_encoder, load_hf_model, read_config,
+    from ..checkpoint import (RUN_HEADS, find_checkpoint, is_hf_directory, load_encoder, load_hf_model, read_config,
                               read_tensors, read_tokenizer)
 
     path = Path(path).expanduser()
     if is_hf_directory(path):
         loaded = load_hf_model(path)
-        return Init(str(path), loaded.encoder.state_dict(), loaded.config, loaded.tokenizer, loaded.heads)
+        return Init(str(path), loaded.encoder.state_dict(), loaded.config, loaded.tokenizer, loaded.heads,
+                    loaded.family.name)
     checkpoint = find_checkpoint(path)
     encoder, cfg = load_encoder(checkpoint)
     tokenizer = read_tokenizer(checkpoint / "tokenizer.json", cfg)
     heads = {}
-    kind_prefix = _RUN_HEADS.get(read_config(checkpoint).get("objective_name"))
+    config = read_config(checkpoint)
+    kind_prefix = RUN_HEADS.get(config.get("objective_name"))
     if kind_prefix is not None:
         state = read_tensors(checkpoint / "model.safetensors", kind_prefix[1])
         if state:
             heads[kind_prefix[0]] = state
-    return Init(str(checkpoint), encoder.state_dict(), cfg, tokenizer, heads)
+    return Init(str(checkpoint), encoder.state_dict(), cfg, tokenizer, heads, config.get("init_family", ""))
 
 
 def check_model_overrides(init_cfg: EncoderConfig, cfg: EncoderConfig, source: str) -> None:
