@@ -76,8 +76,12 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 def parse_value(text: str, tp: Any, key: str) -> Any:
-    """Parse `text` as type `tp` (int, float, bool, str, Literal, Optional) or raise UserError."""
+    """Parse `text` as type `tp` (int, float, bool, str, Literal, Optional, or a tuple of one of them
+    written comma-separated: `1000,5000`; `()` or nothing for none) or raise UserError."""
     origin = typing.get_origin(tp)
+    if origin is tuple:
+        items = [t.strip() for t in text.strip().strip("()[]").split(",") if t.strip()]
+        return tuple(parse_value(t, typing.get_args(tp)[0], key) for t in items)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if type(None) in args and text.lower() in ("none", "null"):

@@ -86,7 +86,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
              and p.name[len(STEP_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+    return sorted(found, key=step_of)
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step in a checkpoint directory's name (step_00000500 -> 500)."""
+    return int(checkpoint.name[len(STEP_PREFIX):])
 
 
 def latest_checkpoint(path: Path) -> Path | None:
@@ -99,7 +104,8 @@ def latest_checkpoint(path: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict,
-                    config: dict, tokenizer_file: Path | None, keep_last: int) -> Path:
+                    config: dict, tokenizer_file: Path | None, keep_last: int,
+                    keep_steps: tuple[int, ...] = ()) -> Path:
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{step:08d}"
@@ -126,7 +132,8 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     os.replace(tmp, final)
     _fsync_dir(root)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if step_of(old) not in keep_steps:           # `train.save_at` checkpoints stay
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     eval_every: int = 200                # 0 = only at the end
     eval_batches: int = 20
     save_every: int = 500                # 0 = only at the end
+    save_at: tuple[int, ...] = ()        # more checkpoints at these steps, never pruned by keep_last (unimask arena)
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
@@ -58,6 +59,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, not {self.lr}")
+        self.save_at = tuple(sorted({int(s) for s in self.save_at}))     # a JSON list reads back as the same tuple
+        if any(s < 1 for s in self.save_at):
+            raise ValueError(f"save_at steps must be at least 1, not {self.save_at}")
 
 
 def finite_record(record: dict) -> dict:
@@ -303,7 +307,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
             if info.is_main:
                 ckpt_mod.save_checkpoint(run_dir, at_step, model_state, train_state, cfg.to_dict(),
-                                         data_dir / "tokenizer.json", tcfg.keep_last)
+                                         data_dir / "tokenizer.json", tcfg.keep_last, keep_steps=tcfg.save_at)
             parallel.barrier()
 
         def evaluate(at_step: int) -> dict:
@@ -357,7 +361,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 record = {"split": "train", "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                           "grad_norm": grad_norm, "epoch": round(loader.epoch(), 4),
-                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), **objective.summarize(means)}
+                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
+                          **objective.summarize(means)}
                 log.write(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):,.0f}", refresh=False)
@@ -365,7 +370,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
                 last_eval = evaluate(step)
                 _say(bar, info, f"step {step}: {_eval_summary(last_eval, brief=True)}")
-            if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
+            if ((tcfg.save_every and step % tcfg.save_every == 0) or step in tcfg.save_at) and step != tcfg.steps:
                 save(step)
             if tcfg.time_budget_minutes and _out_of_time(elapsed, tcfg.time_budget_minutes, info):
                 _say(bar, info, f"time budget of {tcfg.time_budget_minutes:g} min reached at step {step}")
