@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from conftest import tiny_run_config
 from unimask import config as config_mod
 from unimask.errors import UserError
+from unimask.rundir import file_records
 from unimask.train import checkpoint as ckpt
 from unimask.train.loop import MetricsLog, train
 
@@ -98,6 +99,98 @@ def test_resume_after_kill_9_reproduces_the_loss_curve(kjv_data, tmp_path):
     a = load_file(str(ckpt.latest_checkpoint(killed) / "model.safetensors"))
     b = load_file(str(ckpt.latest_checkpoint(tmp_path / "straight") / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def wait_for_steps(proc: subprocess.Popen, run: Path, steps: int) -> None:
+    """Until metrics.jsonl has `steps` train records (the loop is running), or the process ended."""
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and len(curve(run)) >= steps:
+            return
+        time.sleep(0.002)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_loss_curve(kjv_data, tmp_path):
+    cfg = tiny_run_config(kjv_data, steps=60, save_every=0, eval_every=20)      # no checkpoint but the final one
+    cfg.model.dropout = 0.1
+    train(cfg, tmp_path / "straight", progress=False)
+
+    stopped = tmp_path / "stopped"
+    proc = cli(["pretrain", "--out", str(stopped), "--quiet", *[f"--set={s}" for s in overrides(cfg)]])
+    wait_for_steps(proc, stopped, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    done = max(s for s, _ in curve(stopped))
+    assert done < 60, "the run finished before it could be stopped"
+    (saved,) = ckpt.list_checkpoints(stopped)
+    assert saved == ckpt.step_dir(stopped, done)
+    ckpt.verify(saved)
+    assert f"SIGTERM received: stopping after step {done}, saving a checkpoint" in err
+    assert err.strip().splitlines()[-1] == (f"unimask pretrain: stopped by SIGTERM after step {done}; saved the "
+                                            f"checkpoint {saved}; continue with `unimask pretrain --out {stopped} "
+                                            "--resume`")
+    assert not (stopped.parent / ".stopped.lock").exists()
+
+    resumed = cli(["pretrain", "--out", str(stopped), "--resume", "--quiet"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert curve(stopped) == curve(tmp_path / "straight")
+    assert curve(stopped, "valid") == curve(tmp_path / "straight", "valid")
+    a = load_file(str(ckpt.latest_checkpoint(stopped) / "model.safetensors"))
+    b = load_file(str(ckpt.latest_checkpoint(tmp_path / "straight") / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def signal_at(monkeypatch, step: int, *signums: int, during_save: int | None = None) -> None:
+    """Send `signums` to this process right after optimizer step `step`, and `during_save` while the
+    next checkpoint is written (as a scheduler that signals twice)."""
+    import os
+    from unimask.train import loop
+
+    real_step, real_save, calls = loop.train_step, ckpt.save_checkpoint, []
+
+    def train_step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == step:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+        return result
+
+    def save_checkpoint(*args, **kwargs):
+        if during_save is not None:
+            os.kill(os.getpid(), during_save)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", train_step)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_checkpoint)
+
+
+def test_ctrl_c_saves_and_a_signal_during_the_save_waits(kjv_data, tmp_path, monkeypatch):
+    from unimask.errors import Stopped
+    signal_at(monkeypatch, 3, signal.SIGINT, during_save=signal.SIGINT)
+    with pytest.raises(Stopped, match="stopped by SIGINT after step 3") as info:
+        train(tiny_run_config(kjv_data, steps=8), tmp_path / "run", progress=False)
+    assert info.value.exit_status == 130
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]   # no .tmp-*
+    ckpt.verify(ckpt.latest_checkpoint(tmp_path / "run"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler          # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_second_ctrl_c_aborts_without_saving(kjv_data, tmp_path, monkeypatch):
+    signal_at(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_run_config(kjv_data, steps=8), tmp_path / "run", progress=False)
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_after_the_last_step_finishes_the_run(kjv_data, tmp_path, monkeypatch):
+    signal_at(monkeypatch, 4, signal.SIGTERM)
+    last = train(tiny_run_config(kjv_data, steps=4), tmp_path / "run", progress=False)
+    assert last["step"] == 4 and [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000004"]
 
 
 def test_gradient_accumulation_matches_one_big_batch(kjv_data):
@@ -236,6 +329,7 @@ def with_valid_split(data: Path, out: Path, ids: list[int]) -> Path:
     np.save(out / "valid.idx.npy", np.array([0, len(ids)] if ids else [0], np.int64))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["splits"]["valid"] = {"num_tokens": len(ids), "num_docs": int(bool(ids))}
+    manifest["files"].update(file_records(out, ["valid.bin", "valid.idx.npy"]))
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

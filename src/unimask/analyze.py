@@ -32,7 +32,6 @@ measures per layer, one colour per run, one line style per token kind; matplotli
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .rundir import claim, sha256_file
 
 KINDS = ("real", "mask", "all", "clean")
 PLOTTED = {"real": ("-", "o"), "mask": ("--", "s"), "clean": (":", "^")}   # kind -> line style, marker
@@ -145,10 +145,6 @@ class RunRank:
                 "step": self.step, "hidden_size": self.hidden_size, "data": self.data, "layers": layers}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def mlm_style_input(mask_prob: float, mask_id: int, special_ids: list[int]):
     """A `corrupt` callable for `eval_batches`: mask_prob of the ordinary tokens become [MASK]."""
     from .objectives import masking
@@ -178,7 +174,7 @@ def analyze_run(path: str, label: str, data: str | None, batches: int, batch_siz
     data_dir = Path(data) if data else resolve_data(config.get("data", {}).get("path", ""))
     store = TokenStore(data_dir, "valid")
     ours, theirs = checkpoint / "tokenizer.json", data_dir / "tokenizer.json"
-    if ours.is_file() and theirs.is_file() and _sha256(ours) != _sha256(theirs):
+    if ours.is_file() and theirs.is_file() and sha256_file(ours) != sha256_file(theirs):
         raise UserError(f"{checkpoint} was trained with another tokenizer than {data_dir}; pass --data with "
                         f"a directory prepared with the run's tokenizer (its config's data.path)")
     if store.vocab_size > cfg.vocab_size:
@@ -274,17 +270,18 @@ def run_rank(args: argparse.Namespace) -> int:
         raise UserError("--mask-prob must be in (0, 1)")
     from .runtime import resolve_device
     device = resolve_device(args.device)
-    runs = [analyze_run(p, label, args.data, args.batches, args.batch_size, args.mask_prob, args.seed, device)
-            for p, label in zip(args.runs, _labels(args.runs))]
-    report = {"settings": {"batches": args.batches, "batch_size": args.batch_size, "mask_prob": args.mask_prob,
-                           "seed": args.seed, "variance": 0.9, "centered": True},
-              "runs": [r.to_dict() for r in runs]}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rank.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / "rank.md").write_text(text + "\n")
-    plot(report, out / "rank.png")
+    with claim(out, "analyze"):
+        runs = [analyze_run(p, label, args.data, args.batches, args.batch_size, args.mask_prob, args.seed, device)
+                for p, label in zip(args.runs, _labels(args.runs))]
+        report = {"settings": {"batches": args.batches, "batch_size": args.batch_size, "mask_prob": args.mask_prob,
+                               "seed": args.seed, "variance": 0.9, "centered": True},
+                  "runs": [r.to_dict() for r in runs]}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rank.json").write_text(json.dumps(report, indent=2) + "\n")
+        text = markdown(report)
+        (out / "rank.md").write_text(text + "\n")
+        plot(report, out / "rank.png")
     for run in report["runs"]:
         last = run["layers"][-1]
         print(f"{run['label']}: last layer pc90 real {last['real']['pc90']} / mask {last['mask']['pc90']} / "

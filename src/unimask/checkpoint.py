@@ -28,6 +28,7 @@ from .errors import UserError
 from .model.encoder import Encoder, EncoderConfig
 from .model.families import (BERT_SPECIAL_TOKENS, FAMILIES, FAMILY_TITLES, ROBERTA_SPECIAL_TOKENS, Family,
                              rename)
+from .rundir import damaged_file
 from .train.checkpoint import latest_checkpoint, verify
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ def find_checkpoint(path: str | Path) -> Path:
     found = latest_checkpoint(path)
     if found is None and (path / "model.safetensors").is_file():
         return path
+    if found is None and (path / "best").is_dir():
+        raise _finetune_json_missing(path)
     if found is None:
         raise UserError(f"{path} holds no checkpoint (no checkpoints/step_* with meta.json); "
                         "pass a run directory of `unimask pretrain` or one of its checkpoints")
@@ -339,8 +342,15 @@ def find_best(path: str | Path) -> Path:
     if (path / "checkpoints").is_dir() or (path / "meta.json").is_file():
         raise UserError(f"{path} is a pretraining run, which has no fine-tuned head; fine-tune it first "
                         f"(`unimask finetune --checkpoint {path} --task ... --out DIR`) and pass that DIR")
+    if (path / "best").is_dir():
+        raise _finetune_json_missing(path)
     raise UserError(f"{path} has no finetune.json (nor best/finetune.json); pass the --out directory of "
                     "`unimask finetune`")
+
+
+def _finetune_json_missing(path: Path) -> UserError:
+    return UserError(f"{path} is damaged: best/finetune.json is missing, so it is neither a fine-tuning output nor "
+                     "a pretraining run; fine-tune again")
 
 
 @dataclass
@@ -361,32 +371,35 @@ class Finetuned:
         return min(int(self.meta.get("max_length", default)), self.encoder.config.max_positions)
 
 
-def load_finetuned(path: str | Path) -> Finetuned:
-    """The encoder, head, task, tokenizer and finetune.json of a `unimask finetune` output."""
-    from safetensors.torch import load_file
+FINETUNED_FILES = ["model.safetensors", "tokenizer.json"]
+"""The files of a `unimask finetune` output's best/ whose sizes and SHA-256 finetune.json lists."""
 
+
+def load_finetuned(path: str | Path) -> Finetuned:
+    """The encoder, head, task, tokenizer and finetune.json of a `unimask finetune` output. Every file
+    is checked first (finetune.json's "files": present, same size, same SHA-256; outputs written before
+    those were recorded: present); a missing or damaged one is a UserError naming it."""
     from .tasks import tasks
 
     best = find_best(path)
     try:
         meta = json.loads((best / "finetune.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{best / 'finetune.json'} is not valid JSON ({e}); fine-tune again") from None
+        raise UserError(f"{best / 'finetune.json'} is not valid JSON ({e}); the fine-tuning output is damaged: "
+                        "fine-tune again") from None
     if meta.get("task") not in tasks():
         raise UserError(f"{best / 'finetune.json'} names task {meta.get('task')!r}, which this unimask cannot load; "
                         f"known: {', '.join(tasks())}")
-    for name in ("model.safetensors", "tokenizer.json"):
-        if not (best / name).is_file():
-            raise UserError(f"{best} has no {name}; the fine-tuning output is incomplete")
+    files = meta.get("files") if isinstance(meta.get("files"), dict) else {name: {} for name in FINETUNED_FILES}
+    if (problem := damaged_file(best, files, "finetune.json")) is not None:
+        raise UserError(f"{best} is damaged: {problem}; the fine-tuning output is incomplete: fine-tune again")
     task = tasks()[meta["task"]].load(meta["task"], meta)
     encoder = Encoder(EncoderConfig(**meta["model"]))
     head = task.head(encoder, 0.0)
-    state = load_file(str(best / "model.safetensors"))
+    state = read_tensors(best / "model.safetensors", "")
     for prefix, module in (("encoder.", encoder), ("head.", head)):
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    tokenizer = Tokenizer.from_file(str(best / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
+    tokenizer = read_tokenizer(best / "tokenizer.json", encoder.config)
     return Finetuned(encoder.eval(), head.eval(), task, tokenizer, meta, best)
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,13 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"unimask {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:                      # pretrain on SIGTERM / Ctrl-C: a checkpoint was saved
+        if not e.quiet:
+            print(f"unimask {args.command}: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"unimask {args.command}: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:
-    """What an interrupted command kept and what to run next (each writes its output only when done)."""
+    """What a command interrupted by Ctrl-C kept and what to run next (each writes its output only when
+    done). Inside pretraining's loop Ctrl-C saves a checkpoint and ends in `Stopped` instead; this is
+    for Ctrl-C before the loop (loading data, building the model) or a second Ctrl-C that aborts."""
     if args.command == "pretrain":
         from .train import checkpoint as ckpt_mod
         out = Path(args.out or f"runs/{args.recipe or 'demo'}")

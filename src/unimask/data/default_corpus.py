@@ -54,7 +54,8 @@ def prepare_default(log=print) -> Path:
     if not text.exists():
         write_chapters(kjv_jsonl(), text)
     out = root / f"tokens-v{VOCAB_SIZE}-{SPLIT_METHOD}"    # a cache made by another split method is left alone
-    prepare([text], out, PrepareConfig(vocab_size=VOCAB_SIZE, valid_fraction=0.02), log=log)
+    prepare([text], out, PrepareConfig(vocab_size=VOCAB_SIZE, valid_fraction=0.02), log=log,
+            wait=True)                               # a shared cache: another run preparing it is waited for
     return out
 
 

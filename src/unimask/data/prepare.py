@@ -5,7 +5,8 @@ Output directory (read by :class:`unimask.data.store.TokenStore`)::
     tokenizer.json                 BERT-style WordPiece tokenizer, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4
     train.bin, valid.bin           raw little-endian uint16/uint32 ids: every document's ids, then one [SEP]
     train.idx.npy, valid.idx.npy   int64 document start offsets, length n_docs + 1 (last = total tokens)
-    manifest.json                  format, dtype, vocab, counts, source checksums, config, how it split
+    manifest.json                  format, dtype, vocab, counts, source checksums, config, how it split,
+                                   and the size and SHA-256 of each file above ("files")
 
 Held-out text is chosen by tokens, not by documents, so `valid_fraction` is a share of the tokens
 whatever the document lengths (one book per file is one document): a document of fewer than
@@ -53,6 +54,7 @@ from tokenizers import (
 
 from unimask import __version__
 from unimask.errors import UserError
+from unimask.rundir import claim, damaged_file, file_records, guard_disk, sha256_file
 
 FORMAT = "unimask-tokens/1"
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -166,14 +168,6 @@ def _kind(path: Path) -> str:
     raise UserError(
         f"{path}: unknown file type; use .txt, .txt.gz, .jsonl or .jsonl.gz (rename the file)"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _iter_chunks(text: io.TextIOBase) -> Iterator[str]:
@@ -361,12 +355,12 @@ def _load_tokenizer(path: Path) -> Tokenizer:
 def _tokenizer_source_sha256(path: Path) -> str:
     """The checksum of --tokenizer: the file, or a transformers directory's tokenizer files together."""
     if not path.is_dir():
-        return _file_sha256(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
     for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
                  "special_tokens_map.json"):
         if (path / name).is_file():
-            digest.update(name.encode() + b"\0" + _file_sha256(path / name).encode())
+            digest.update(name.encode() + b"\0" + sha256_file(path / name).encode())
     return digest.hexdigest()
 
 
@@ -697,7 +691,8 @@ def _write_outputs(
             "documents_cut": documents_cut + cut,
             "moved_to_valid_tokens": moved,
         },
-        "tokenizer_sha256": _file_sha256(tmp / "tokenizer.json"),
+        "tokenizer_sha256": sha256_file(tmp / "tokenizer.json"),
+        "files": file_records(tmp, data_files(("train", "valid"))),
         **({"tokenizer_source_sha256": _tokenizer_source_sha256(Path(cfg.tokenizer))} if cfg.tokenizer else {}),
         "sources": [s.record() for s in sources],
         "config": asdict(cfg),
@@ -708,6 +703,27 @@ def _write_outputs(
 
 
 # ---------------------------------------------------------------- entry points
+
+
+def data_files(splits) -> list[str]:
+    """The files of a prepared directory that hold its data: tokenizer.json and each split's arrays."""
+    return ["tokenizer.json", *[f"{split}{suffix}" for split in splits for suffix in (".bin", ".idx.npy")]]
+
+
+def damaged_data(directory: Path, manifest: dict, splits=None) -> str | None:
+    """The first data file of `directory` (of `splits`, default all) that is missing, has another size
+    or another SHA-256 than manifest.json's "files" say, as `rundir.damaged_file` words it; None when
+    all are intact. A manifest written before "files" existed is checked for the files being there and
+    tokenizer.json's checksum."""
+    splits = list(manifest.get("splits", {}) if splits is None else splits)
+    names = data_files(splits)
+    records = manifest.get("files")
+    if not isinstance(records, dict):
+        records = {name: {} for name in names}
+        records["tokenizer.json"] = {"sha256": manifest.get("tokenizer_sha256")}
+    return damaged_file(directory, {name: records.get(name, {}) for name in names}, "manifest.json")
+
+
 
 
 def _check_config(cfg: PrepareConfig) -> None:
@@ -743,18 +759,22 @@ def _is_up_to_date(
     sizes = [(str(s.path), s.path.stat().st_size) for s in sources]
     if [(r.get("path"), r.get("bytes")) for r in recorded] != sizes:
         return None
-    if [r.get("sha256") for r in recorded] != [_file_sha256(s.path) for s in sources]:
+    if [r.get("sha256") for r in recorded] != [sha256_file(s.path) for s in sources]:
         return None
     if cfg.tokenizer is not None and Path(cfg.tokenizer).is_dir():
         if manifest.get("tokenizer_source_sha256") != _tokenizer_source_sha256(Path(cfg.tokenizer)):
             return None
-    elif cfg.tokenizer is not None and manifest.get("tokenizer_sha256") != _file_sha256(Path(cfg.tokenizer)):
+    elif cfg.tokenizer is not None and manifest.get("tokenizer_sha256") != sha256_file(Path(cfg.tokenizer)):
         return None
     return manifest
 
 
-def _check_out(out: Path, sources: list[_Source], cfg: PrepareConfig, overwrite: bool) -> dict | None:
-    """The existing manifest when `out` is already up to date; raises if `out` may not be replaced."""
+def _check_out(
+    out: Path, sources: list[_Source], cfg: PrepareConfig, overwrite: bool, log: Callable[[str], None]
+) -> dict | None:
+    """The existing manifest when `out` is already up to date and intact (None: prepare it again, with
+    a warning when it was made from these inputs but a file is damaged); raises if `out` may not be
+    replaced."""
     if not out.exists():
         return None
     if not out.is_dir():
@@ -776,6 +796,9 @@ def _check_out(out: Path, sources: list[_Source], cfg: PrepareConfig, overwrite:
             f"{out} holds data prepared from other inputs or settings; "
             "pass --overwrite or choose another --out"
         )
+    if (problem := damaged_data(out, manifest)) is not None:
+        log(f"warning: {out} is damaged: {problem}; preparing it again")
+        return None
     return manifest
 
 
@@ -795,10 +818,14 @@ def prepare(
     cfg: PrepareConfig,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    wait: bool = False,
 ) -> dict:
     """Tokenize `paths` into `out` (see the module docstring for the layout); returns the manifest.
 
-    A re-run with the same sources and config is a no-op; a different one needs `overwrite=True`.
+    A re-run with the same sources and config is a no-op (or rebuilds a damaged `out`); a different one
+    needs `overwrite=True`. `out` is held for this process (`rundir.claim`) from before it is looked at
+    until it is in place: another process preparing it is a UserError, or, with `wait` (a shared
+    cache), waited for. A full disk is a UserError naming the space needed and free.
     """
     _check_config(cfg)
     if not paths:
@@ -813,12 +840,18 @@ def prepare(
     if cfg.tokenizer is not None:
         cfg = replace(cfg, tokenizer=str(Path(cfg.tokenizer).expanduser().resolve()))
     out = Path(out).expanduser().resolve()
-    if (existing := _check_out(out, sources, cfg, overwrite)) is not None:
-        log(f"{out} is up to date")
-        return existing
+    with claim(out, "prepare", wait=wait):
+        if (existing := _check_out(out, sources, cfg, overwrite, log)) is not None:
+            log(f"{out} is up to date")
+            return existing
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        with guard_disk(tmp, 0, f"the prepared data {out}", "free some space, then run it again"):
+            return _prepare_into(tmp, out, sources, cfg, log)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+def _prepare_into(tmp: Path, out: Path, sources: list[_Source], cfg: PrepareConfig,
+                  log: Callable[[str], None]) -> dict:
+    """Write everything into `tmp`, then put it in place of `out`; `tmp` never outlives the call."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

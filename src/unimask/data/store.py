@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from unimask.data.prepare import FORMAT
+from unimask.data.prepare import FORMAT, damaged_data
 from unimask.errors import UserError
 
 _HINT = "run `unimask prepare --text FILES --out DIR` first"
@@ -107,12 +107,9 @@ class TokenStore:
             )
         if split not in self.manifest.get("splits", {}):
             raise UserError(f"{self.directory} has no split {split!r}; {_HINT}")
+        if (problem := damaged_data(self.directory, self.manifest, [split])) is not None:
+            raise self._damaged(problem)
         bin_path = self.directory / f"{split}.bin"
-        idx_path = self.directory / f"{split}.idx.npy"
-        for path in (bin_path, idx_path):
-            if not path.is_file():
-                raise UserError(f"{path} is missing; {_HINT}")
-
         dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         num_tokens = bin_path.stat().st_size // dtype.itemsize
         self.tokens: np.ndarray = (
@@ -120,16 +117,21 @@ class TokenStore:
             if num_tokens
             else np.empty(0, dtype=dtype)
         )
-        self.doc_offsets: np.ndarray = np.load(idx_path, mmap_mode="r")
+        try:
+            self.doc_offsets: np.ndarray = np.load(self.directory / f"{split}.idx.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise self._damaged(f"{split}.idx.npy is not a readable .npy file ({e})") from None
         expected = self.manifest["splits"][split]["num_tokens"]
-        if num_tokens != expected or int(self.doc_offsets[-1]) != expected:
-            raise UserError(
-                f"{bin_path} holds {num_tokens} tokens but the manifest says {expected}; the directory is "
-                f"damaged, {_HINT} with --overwrite"
-            )
+        if num_tokens != expected or not self.doc_offsets.size or int(self.doc_offsets[-1]) != expected:
+            raise self._damaged(f"{bin_path.name} holds {num_tokens} tokens but manifest.json says {expected}")
         self.special_ids: dict[str, int] = dict(self.manifest["special_ids"])
         self.vocab_size: int = int(self.manifest["vocab_size"])
         self._tokenizer: Tokenizer | None = None
+
+    def _damaged(self, problem: str) -> UserError:
+        """The one-line error for a damaged file of this directory: what is wrong, and the fix."""
+        return UserError(f"{self.directory} is damaged: {problem}; re-run `unimask prepare` with the same --text "
+                         f"and --out {self.directory} to rebuild it")
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -141,7 +143,10 @@ class TokenStore:
     def tokenizer(self) -> Tokenizer:
         """The tokenizer that produced these ids (loaded once from `tokenizer.json`)."""
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+            try:
+                self._tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+            except Exception as e:      # the tokenizers library raises plain Exception
+                raise self._damaged(f"tokenizer.json is not a readable tokenizer ({e})") from None
             self._tokenizer.no_padding()            # settings a reused tokenizer.json may carry
             self._tokenizer.no_truncation()
         return self._tokenizer

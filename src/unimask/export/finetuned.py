@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError
+from ..rundir import save_tensors, tensor_bytes
 from .card import finetuned_card
 from .hf import ENCODER_TO_BERT, Exported, rename, to_bert_config, write_directory
 
@@ -82,8 +82,7 @@ def _native(ft, architecture: str, head_tensors: dict[str, Tensor], extra: dict)
 
     def write(directory: Path) -> str:
         bert_config.to_json_file(directory / "config.json")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_tensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
         return architecture
     return write
 
@@ -104,5 +103,6 @@ def export_finetuned(path: str | Path, out: str | Path, overwrite: bool = False)
     max_length = int(ft.meta.get("max_length", ft.encoder.config.max_positions))
     out = Path(out).expanduser().resolve()
     write_directory(out, overwrite, ft.tokenizer, ft.directory / "tokenizer.json", max_length, write_model,
-                    finetuned_card(ft.meta, architecture))
+                    finetuned_card(ft.meta, architecture),
+                    needed=tensor_bytes(ft.encoder.state_dict()) + tensor_bytes(ft.head.state_dict()))
     return Exported(ft.directory, architecture, out)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -43,6 +42,7 @@ from ..model.encoder import Encoder, EncoderConfig, embedding_width
 from ..model.families import (BERT_SPECIAL_TOKENS, BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT,  # noqa: F401
                                FAMILIES, FAMILY_TITLES, LM_HEAD_TO_BERT, Family, rename)
 from ..model.heads import LMHead
+from ..rundir import claim, guard_disk, save_tensors, tensor_bytes
 
 if TYPE_CHECKING:
     from transformers import BertConfig
@@ -257,35 +257,40 @@ def export_family(
 
     def write_model(directory: Path) -> None:
         hf_config.to_json_file(directory / "config.json")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_tensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
 
-    write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model, card)
+    write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model, card,
+                    needed=tensor_bytes(tensors))
     return architecture
 
 
 def write_directory(out: Path, overwrite: bool, tokenizer: Tokenizer, tokenizer_json: Path, max_length: int,
-                    write_model: Callable[[Path], None], card: str | None = None) -> None:
+                    write_model: Callable[[Path], None], card: str | None = None, needed: int = 0) -> None:
     """Write a transformers directory atomically: `write_model(tmp)` puts config.json and the weights
     (and any code) into a temporary sibling of `out`; the tokenizer files (tokenizer.json,
     tokenizer_config.json, vocab.txt for BERT-shaped vocabularies) are added and checked against
     transformers' AutoTokenizer, and `card` as README.md; then the directory replaces `out` (a non-empty
-    `out` needs `overwrite`)."""
-    tmp = _prepare_out(out, overwrite)
-    try:
-        write_model(tmp)
-        if card is not None:
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-        shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-        tokenizer_config = _tokenizer_config(tokenizer_json, max_length)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
-        if tokenizer_config["tokenizer_class"] == "BertTokenizer":
-            _write_vocab_txt(tokenizer, tmp / "vocab.txt")
-        _check_tokenizer(tmp, tokenizer)
-        _install(tmp, out, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    `out` needs `overwrite`). `out` is held for this process throughout (`rundir.claim`); `needed`
+    (the weights' bytes) must be free, and a full disk is a UserError that leaves `out` as it was."""
+    with claim(out, "export"):
+        tmp = _prepare_out(out, overwrite)
+        needed += Path(tokenizer_json).stat().st_size
+        try:
+            with guard_disk(tmp, needed, f"the export {out}", "free some space or choose another --out"):
+                write_model(tmp)
+                if card is not None:
+                    (tmp / "README.md").write_text(card, encoding="utf-8")
+                shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+                tokenizer_config = _tokenizer_config(tokenizer_json, max_length)
+                (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n",
+                                                           encoding="utf-8")
+                if tokenizer_config["tokenizer_class"] == "BertTokenizer":
+                    _write_vocab_txt(tokenizer, tmp / "vocab.txt")
+            _check_tokenizer(tmp, tokenizer)
+            _install(tmp, out, overwrite)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
 
 def export_family_of(cfg: EncoderConfig, config: dict, requested: str | None = None) -> Family | None:
@@ -350,7 +355,7 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
         assert written == architecture, (written, architecture)
 
     write_directory(out, overwrite, read_tokenizer(tokenizer_json, cfg), tokenizer_json, cfg.max_positions,
-                    write_model, card)
+                    write_model, card, needed=tensor_bytes(encoder.state_dict()) + tensor_bytes(head_state or {}))
     return Exported(checkpoint, architecture, out)
 
 

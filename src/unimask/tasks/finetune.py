@@ -11,7 +11,8 @@ weights of the single best run in OUT/best.
 Output directory:
     results.json   task, model, config, every run's history and best scores, median / best summary
     results.md     the same as a table
-    best/          model.safetensors (encoder.* and head.*), finetune.json, tokenizer.json
+    best/          model.safetensors (encoder.* and head.*), tokenizer.json, finetune.json (the task, its
+                   options, the scores, and the size and SHA-256 of the other two files)
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..checkpoint import Pretrained, load_pretrained  # noqa: F401 (load_pretrained: the tasks' entry)
+from ..checkpoint import FINETUNED_FILES, Pretrained, load_pretrained  # noqa: F401 (load_pretrained: the tasks' entry)
 from ..errors import UserError
 from ..model.encoder import Encoder
+from ..rundir import claim, file_records, guard_disk, save_tensors, tensor_bytes
 from ..runtime import autocast_for, resolve_device
 from ..train.malloc import keep_freed_memory_on
 from ..train.optim import build_scheduler
@@ -216,6 +217,8 @@ def markdown(results: dict) -> str:
 
 
 def _write_atomic(directory: Path, files: dict[str, Callable[[Path], None]]) -> None:
+    """Write `files` (name -> writer of that path, called in order) into a temporary sibling of
+    `directory` that then replaces it."""
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -253,31 +256,36 @@ def sweep(task: Task, pretrained: Pretrained, cfg: FinetuneConfig, out: Path, pr
     """Every (lr, seed) run of `cfg`; writes OUT/results.json, OUT/results.md and OUT/best/.
 
     Everything is written into a hidden sibling of OUT that replaces it at the end, so an error or an
-    interrupt leaves no half-written output; an existing, non-empty OUT needs `overwrite`."""
+    interrupt leaves no half-written output; an existing, non-empty OUT needs `overwrite`. OUT is held
+    for this process from the start (`rundir.claim`): another process on it is a UserError, and so is
+    a full disk (`rundir.guard_disk`: OUT stays as it was)."""
     out = Path(out)
-    _check_out(out, overwrite)
-    special = SpecialIds.of(pretrained.tokenizer)
-    task.check_model(pretrained.config, cfg.max_length)
-    train_examples = task.examples("train")
-    if cfg.max_train_examples:
-        train_examples = train_examples[:cfg.max_train_examples]
-    data = {"train": (train_examples, task.featurize(train_examples, pretrained.tokenizer, special, cfg.max_length))}
-    for split in task.eval_splits:
-        examples = task.examples(split)
-        data[split] = (examples, task.featurize(examples, pretrained.tokenizer, special, cfg.max_length))
-    if not data["train"][1]:
-        raise UserError(f"task {task.name}: no training features; check the training file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        results = _sweep_into(tmp, task, pretrained, cfg, data, train_examples, progress)
-        _install(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with claim(out, "finetune"):
+        _check_out(out, overwrite)
+        special = SpecialIds.of(pretrained.tokenizer)
+        task.check_model(pretrained.config, cfg.max_length)
+        train_examples = task.examples("train")
+        if cfg.max_train_examples:
+            train_examples = train_examples[:cfg.max_train_examples]
+        data = {"train": (train_examples, task.featurize(train_examples, pretrained.tokenizer, special, cfg.max_length))}
+        for split in task.eval_splits:
+            examples = task.examples(split)
+            data[split] = (examples, task.featurize(examples, pretrained.tokenizer, special, cfg.max_length))
+        if not data["train"][1]:
+            raise UserError(f"task {task.name}: no training features; check the training file")
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        with torch.device("meta"):                 # best/ is rewritten beside the previous best/: twice the weights
+            needed = 2 * tensor_bytes(Encoder(pretrained.config).state_dict())
+        try:
+            with guard_disk(tmp, needed, f"the fine-tuning output {out}", "free some space, then run it again"):
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+                results = _sweep_into(tmp, task, pretrained, cfg, data, train_examples, progress)
+            _install(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return results
 
 
@@ -295,9 +303,10 @@ def _sweep_into(out: Path, task: Task, pretrained: Pretrained, cfg: FinetuneConf
                         "model": asdict(pretrained.config), "labels": list(getattr(task, "labels", None) or []),
                         "source": pretrained.source, "task_options": task.options(), "max_length": cfg.max_length}
                 _write_atomic(out / "best", {
-                    "model.safetensors": lambda p, s=state: save_file({k: v.contiguous() for k, v in s.items()}, str(p)),
-                    "finetune.json": lambda p, m=meta: p.write_text(json.dumps(m, indent=2)),
+                    "model.safetensors": lambda p, s=state: save_tensors(s, p),
                     "tokenizer.json": lambda p: pretrained.tokenizer.save(str(p)),
+                    "finetune.json": lambda p, m=meta: p.write_text(json.dumps(
+                        {**m, "files": file_records(p.parent, FINETUNED_FILES)}, indent=2)),
                 })
     results = {
         "task": task.name, "metric": task.metric, "model": pretrained.name, "source": pretrained.source,

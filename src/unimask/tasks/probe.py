@@ -330,6 +330,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import tasks
+    from ..rundir import claim
     from .finetune import _write_atomic, load_pretrained
     from .options import config_from_args
 
@@ -340,14 +341,15 @@ def run(args: argparse.Namespace) -> int:
     pretrained = load_pretrained(args.checkpoint, args.random_init, args.name)
     slug = pretrained.name.replace(" ", "_").replace("(", "").replace(")", "")
     out = Path(args.out or f"runs/probe/{args.task}-{slug}").expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; name a directory")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it, or another --out")
-    result = probe(task, pretrained, cfg, progress=not args.quiet)
-    text = markdown(result)
-    _write_atomic(out, {"probe.json": lambda p: p.write_text(json.dumps(result, indent=2)),
-                        "probe.md": lambda p: p.write_text(text)})
+    with claim(out, "probe"):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; name a directory")
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
+            raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it, or another --out")
+        result = probe(task, pretrained, cfg, progress=not args.quiet)
+        text = markdown(result)
+        _write_atomic(out, {"probe.json": lambda p: p.write_text(json.dumps(result, indent=2)),
+                            "probe.md": lambda p: p.write_text(text)})
     print(text, end="")
     print(f"probe: {result['seconds']['encode']:.0f} s encoding, {result['seconds']['probe']:.0f} s fitting; "
           f"wrote {out / 'probe.json'} and {out / 'probe.md'}")

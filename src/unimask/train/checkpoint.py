@@ -6,7 +6,7 @@ RUN/checkpoints/step_00001000/
     train_state.json         the rest of the training state, tensors replaced by references
     config.json              the resolved RunConfig
     tokenizer.json           the tokenizer the model was trained with
-    meta.json                format, step and the SHA-256 of every file above (written last)
+    meta.json                format, step, the size and SHA-256 of every file above (written last)
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a run killed
 at any moment leaves either the previous checkpoints or a complete new one. Loading verifies the
@@ -15,7 +15,6 @@ checksums, so a truncated or edited file is reported instead of silently used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import UserError
+from ..rundir import damaged_file, file_records, guard_disk, save_tensors, tensor_bytes
 
 FORMAT = "unimask-checkpoint/1"
 STEP_PREFIX = "step_"
@@ -59,14 +59,6 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,6 +69,11 @@ def _fsync_dir(path: Path) -> None:
 
 def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives: RUN/checkpoints/step_00001000."""
+    return checkpoint_root(run_dir) / f"{STEP_PREFIX}{step:08d}"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -106,27 +103,35 @@ def latest_checkpoint(path: Path) -> Path | None:
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict,
                     config: dict, tokenizer_file: Path | None, keep_last: int,
                     keep_steps: tuple[int, ...] = ()) -> Path:
+    """Write checkpoint `step` of the run (see the module docstring); then keep only the last
+    `keep_last` (and those at `keep_steps`, train.save_at). UserError (see `rundir.guard_disk`) when the disk cannot hold it, before writing or
+    during the write; the temporary directory is removed and the earlier checkpoints stay."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{STEP_PREFIX}{step:08d}"
+    final = step_dir(run_dir, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _pack(train_state, tensors, "state")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-    save_file(tensors, str(tmp / "train_state.safetensors"))
-    (tmp / "train_state.json").write_text(json.dumps(skeleton))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-    files = sorted(p.name for p in tmp.iterdir())
-    meta = {"format": FORMAT, "step": step, "sha256": {name: _sha256(tmp / name) for name in files}}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    needed = tensor_bytes(model_state) + tensor_bytes(tensors)
+    needed += tokenizer_file.stat().st_size if tokenizer_file is not None else 0
+    fix = "the earlier checkpoints are intact: free some space (or lower train.keep_last), then --resume"
+    with guard_disk(tmp, needed, f"checkpoint {final.name}", fix):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_tensors(model_state, tmp / "model.safetensors")
+        save_tensors(tensors, tmp / "train_state.safetensors")
+        (tmp / "train_state.json").write_text(json.dumps(skeleton))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        records = file_records(tmp, sorted(p.name for p in tmp.iterdir()))
+        meta = {"format": FORMAT, "step": step, "sha256": {name: r["sha256"] for name, r in records.items()},
+                "bytes": {name: r["bytes"] for name, r in records.items()}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
     if final.exists():                       # re-saving the same step after a resume
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -149,13 +154,14 @@ def read_meta(ckpt: Path) -> dict:
 
 
 def verify(ckpt: Path) -> dict:
-    """Check every file against meta.json; a mismatch names the file and what to do."""
+    """Check every file against meta.json (size, then SHA-256); a mismatch names the file and what to do."""
     meta = read_meta(ckpt)
-    for name, digest in meta["sha256"].items():
-        f = ckpt / name
-        if not f.is_file() or _sha256(f) != digest:
-            raise UserError(f"checkpoint {ckpt} is corrupted ({name} is missing or does not match its "
-                            f"checksum); delete that directory to resume from the previous checkpoint")
+    sizes = meta.get("bytes", {})                 # checkpoints before sizes were recorded: checksums only
+    records = {name: {"sha256": digest, "bytes": sizes.get(name)} for name, digest in meta["sha256"].items()}
+    problem = damaged_file(ckpt, records, "meta.json", checksum_max_bytes=None)
+    if problem is not None:
+        raise UserError(f"checkpoint {ckpt} is corrupted: {problem}; delete that directory to fall back to the "
+                        "previous checkpoint, or pass an earlier checkpoints/step_* directory")
     return meta
 
 

@@ -4,14 +4,22 @@ clip -> step -> schedule -> log -> evaluate -> save.
 Losses arrive summed with their target counts (objectives/base.py). Gradients are accumulated from
 the summed losses and scaled once by world_size / (targets summed over micro-batches and ranks),
 so the update is the same whatever the split into micro-batches and processes.
+
+The run directory belongs to one run: rank 0 holds its lock (`rundir.claim`) from before anything is
+read or written. SIGTERM and SIGINT (Ctrl-C) stop the run at the end of the current optimizer step,
+on the same step on every rank: it saves a checkpoint and raises `Stopped` (exit status 128 + the
+signal), and `--resume` continues exactly (`StopSignals`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +27,8 @@ from typing import Literal
 
 import torch
 
-from ..errors import UserError
+from ..errors import Stopped, UserError
+from ..rundir import claim
 from ..runtime import autocast_for
 from .malloc import keep_freed_memory_on
 
@@ -212,8 +221,70 @@ def train_step(model, optimizer, micro_batches, autocast, info, params, clip_nor
     return StepResult(loss, grad_norm, means, tokens, finite)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that stop a run with a checkpoint, in the order of precedence when ranks got different ones."""
+
+
+class StopSignals:
+    """SIGTERM and SIGINT (Ctrl-C) while training become a stop at the end of the optimizer step.
+
+    The first one is remembered (`received`) and read by the loop after each step, where every rank
+    agrees on it (`_agree_to_stop`); the run then saves a checkpoint and raises `Stopped`. Inside
+    `deferred()` (a checkpoint being written) every further signal only waits, so a second SIGTERM
+    cannot cut a save short; elsewhere a second Ctrl-C aborts at once (KeyboardInterrupt; the earlier
+    checkpoints stay). Handlers are installed only in the main thread, and restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._saving = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT and not self._saving:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals wait until the block ends (they are still remembered)."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+
+
+def _claim_on_main(stack: contextlib.ExitStack, run_dir: Path, info) -> None:
+    """Rank 0 holds `run_dir` (`rundir.claim`) until `stack` closes; when it cannot, every rank raises
+    its UserError, so no rank waits for the others."""
+    from . import parallel
+    error = None
+    if info.is_main:
+        try:
+            stack.enter_context(claim(run_dir, "pretrain"))
+        except UserError as e:
+            error = str(e)
+    error = parallel.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+
+
 def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or continue) pretraining as `cfg` (a RunConfig) says; returns the last eval record."""
+    """Run (or continue) pretraining as `cfg` (a RunConfig) says; returns the last eval record.
+
+    Raises UserError for bad input (another process holding `run_dir` included) and `Stopped` after
+    SIGTERM or SIGINT, once the checkpoint of the step it stopped after is saved."""
     from .. import config as config_mod
     from ..data.default_corpus import resolve_data
     from ..data.loader import Blocks, TrainLoader, eval_batches
@@ -228,7 +299,9 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
     tcfg = cfg.train
     keep_freed_memory_on(info.device, tcfg.keep_freed_memory)
     run_dir = Path(run_dir)
+    held = contextlib.ExitStack()            # the run directory's lock, then the signal handlers
     try:
+        _claim_on_main(held, run_dir, info)
         # ---- data and run directory ---------------------------------------------------------
         data_dir = resolve_data(cfg.data.path, is_main=info.is_main, barrier=parallel.barrier)
         store, valid_store = TokenStore(data_dir, "train"), TokenStore(data_dir, "valid")
@@ -303,12 +376,18 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if info.is_main:
                 print(f"resumed {run_dir} from step {step}", file=sys.stderr)
 
+        signals = StopSignals()
+        saved_at = None
+
         def save(at_step: int) -> None:
-            model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
-            if info.is_main:
-                ckpt_mod.save_checkpoint(run_dir, at_step, model_state, train_state, cfg.to_dict(),
-                                         data_dir / "tokenizer.json", tcfg.keep_last, keep_steps=tcfg.save_at)
-            parallel.barrier()
+            nonlocal saved_at
+            with signals.deferred():
+                model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
+                if info.is_main:
+                    ckpt_mod.save_checkpoint(run_dir, at_step, model_state, train_state, cfg.to_dict(),
+                                             data_dir / "tokenizer.json", tcfg.keep_last, keep_steps=tcfg.save_at)
+                parallel.barrier()
+            saved_at = at_step
 
         def evaluate(at_step: int) -> dict:
             """Score the first held-out batches. With no target to score (an empty valid split, or
@@ -335,6 +414,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             return record
 
         # ---- the loop -------------------------------------------------------------------------
+        held.enter_context(signals)
         model.train()
         bar = _progress(progress and info.is_main, tcfg.steps, step)
         tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
@@ -372,7 +452,19 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 _say(bar, info, f"step {step}: {_eval_summary(last_eval, brief=True)}")
             if ((tcfg.save_every and step % tcfg.save_every == 0) or step in tcfg.save_at) and step != tcfg.steps:
                 save(step)
-            if tcfg.time_budget_minutes and _out_of_time(elapsed, tcfg.time_budget_minutes, info):
+            out_of_time, signum = _agree_to_stop(elapsed, tcfg.time_budget_minutes, signals.received, info)
+            if signum is not None and step < tcfg.steps:      # after the last step: finish as usual
+                name = signal.Signals(signum).name
+                _say(bar, info, f"{name} received: stopping after step {step}, saving a checkpoint")
+                if saved_at != step:
+                    save(step)
+                if bar is not None:
+                    bar.close()
+                log.close()
+                raise Stopped(signum, f"stopped by {name} after step {step}; saved the checkpoint "
+                                      f"{ckpt_mod.step_dir(run_dir, step)}; continue with "
+                                      f"`unimask pretrain --out {run_dir} --resume`", quiet=not info.is_main)
+            if out_of_time:
                 _say(bar, info, f"time budget of {tcfg.time_budget_minutes:g} min reached at step {step}")
                 break
         if bar is not None:
@@ -385,6 +477,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                   f"checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}", file=sys.stderr)
         return last_eval
     finally:
+        held.close()
         parallel.shutdown()
 
 
@@ -408,11 +501,14 @@ def _eval_summary(record: dict, brief: bool = False) -> str:
     return "valid " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
-def _out_of_time(elapsed: float, budget_minutes: float, info) -> bool:
-    """The main rank's clock decides, so every rank stops at the same step."""
+def _agree_to_stop(elapsed: float, budget_minutes: float, received: int | None, info) -> tuple[bool, int | None]:
+    """Whether every rank stops after this step, from one all-reduce: (the main rank's clock says the
+    time budget is spent, the stop signal some rank received or None; SIGTERM before SIGINT)."""
     from . import parallel
-    flag = torch.tensor([float(elapsed > 60 * budget_minutes and info.is_main)], device=info.device)
-    return bool(parallel.all_reduce_sum(flag).item())
+    flags = [float(info.is_main and budget_minutes > 0 and elapsed > 60 * budget_minutes)]
+    flags += [float(received == s) for s in STOP_SIGNALS]
+    total = parallel.all_reduce_sum(torch.tensor(flags, device=info.device)).tolist()
+    return bool(total[0]), next((s for s, n in zip(STOP_SIGNALS, total[1:]) if n), None)
 
 
 def _say(bar, info, text: str) -> None:
