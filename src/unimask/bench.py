@@ -260,14 +260,20 @@ def build_engine(objective_name: str, size: str, batch: int, seq: int, count: in
     batches = random_batches(objective, vocab, batch, seq, count, seed, info.device)
     emb = plain.encoder.embeddings
     total, non_emb = count_params(plain, (emb.word, emb.position, emb.token_type))
-    # an objective with auxiliary networks (generators, decoders) knows its own FLOPs; else MLM's formula
-    own = getattr(objective, "train_flops_per_token", None)
-    fraction = predicted_fraction(batches, batch * seq)
-    flops = float(own(seq, fraction)) if callable(own) else train_flops_per_token(cfg, seq, fraction)
+    flops, source = objective_flops_per_token(objective, cfg, seq, predicted_fraction(batches, batch * seq))
     model.train()
     return Engine("unimask", model, optimizer, batches, autocast_for(dtype, info.device), info,
-                  total, non_emb, flops, tcfg.clip_norm, text_shape=(batch, seq),
-                  flops_source="objective" if callable(own) else "mlm_formula")
+                  total, non_emb, flops, tcfg.clip_norm, text_shape=(batch, seq), flops_source=source)
+
+
+def objective_flops_per_token(objective, cfg, seq: int, fraction: float) -> tuple[float, str]:
+    """Training FLOPs per text token of `objective` on an encoder of `cfg` over sequences of `seq`
+    tokens with `fraction` of them predicted, and where the figure comes from: an objective with
+    auxiliary networks (generators, decoders) knows its own ("objective"); else MLM's formula."""
+    own = getattr(objective, "train_flops_per_token", None)
+    if callable(own):
+        return float(own(seq, fraction)), "objective"
+    return train_flops_per_token(cfg, seq, fraction), "mlm_formula"
 
 
 def _busy_elsewhere(window: float = 0.25) -> float | None:

@@ -84,6 +84,8 @@ COMMANDS = {
     "generate": ("generate text with a model fine-tuned by `finetune --task seq2seq` (beam search)", "unimask.tasks.generate"),
     "report": ("put the fine-tuning results of several models side by side", "unimask.tasks.report"),
     "export": ("export a checkpoint to Hugging Face transformers", "unimask.export.hf"),
+    "arena": ("pretrain several objectives at equal compute and score them with one protocol (probe, fine-tuning)",
+              "unimask.arena"),
     "bench": ("measure training throughput, FLOPs, MFU and memory", "unimask.bench"),
     "analyze": ("diagnose checkpoints: effective rank of token representations per layer", "unimask.analyze"),
 }

@@ -1,0 +1,131 @@
+"""`unimask arena` (issue 18): equal-FLOP budgets within one step, a tiny two-objective arena end to
+end (runs, evaluations at each point, random-init floor, markdown, JSON, PNGs), resume after an
+interrupt without retraining or rescoring, and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import keyword_rows
+from unimask import arena
+from unimask.cli import main
+from unimask.errors import UserError
+
+TINY = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+        "model.max_positions=64", "train.precision=fp32", "train.device=cpu", "train.log_every=1",
+        "train.eval_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def glue(tmp_path_factory) -> Path:
+    """An SST-2-shaped folder (sentence<TAB>label, labels 0/1): does the sentence say 'moses'?"""
+    root = tmp_path_factory.mktemp("glue")
+    rows = keyword_rows(240, lambda i: 4 + i % 7)
+    (root / "SST-2").mkdir()
+    for name, part in (("train.tsv", rows[:160]), ("dev.tsv", rows[160:])):
+        (root / "SST-2" / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{int(y == 'yes')}\n" for t, y in part))
+    return root
+
+
+def config(**kw) -> arena.ArenaConfig:
+    values = dict(objectives=("mlm", "electra"), tflops=0.002, points=2, seq_len=32, batch_size=4, overrides=tuple(TINY))
+    return arena.ArenaConfig(**{**values, **kw})
+
+
+def test_equal_flops_within_one_step(kjv_data, tmp_path) -> None:
+    """Every objective's steps x FLOPs per step lands within one of its steps below the budget; the
+    per-step count is bench's; warm-up and checkpoints follow each run's own length."""
+    import torch
+
+    from unimask.bench import objective_flops_per_token, predicted_fraction, random_batches
+    from unimask.objectives import OBJECTIVES, Vocab
+
+    cfg = config(objectives=("mlm", "electra", "cocolm", "maelm", "pmlm"), tflops=0.01, points=4)
+    found = arena.contestants(cfg, kjv_data, tmp_path)
+    budget = cfg.tflops * 1e12
+    per_step = {c.objective: c.flops_per_step for c in found}
+    assert len(set(per_step.values())) == 5                         # the objectives cost differently
+    for c in found:
+        assert c.steps * c.flops_per_step <= budget < (c.steps + 1) * c.flops_per_step, c.objective
+        t = c.config.train
+        assert (t.steps, t.warmup_steps, t.schedule, t.min_lr_ratio) == (c.steps, round(0.06 * c.steps), "linear", 0.0)
+        assert t.save_at == c.points and c.points[-1] == c.steps and len(c.points) == 4
+        assert c.points == tuple(round(c.steps * k / 4) for k in range(1, 5))
+        assert (c.config.data.seq_len, t.batch_size, t.seed, c.config.model.hidden_size) == (32, 4, 0, 32)
+        model = c.config.model.__class__(**{**c.config.model.__dict__, "vocab_size": 1000})
+        vocab = Vocab(size=1000)
+        torch.manual_seed(0)
+        objective = OBJECTIVES[c.objective](c.config.objective, model, vocab)
+        batches = random_batches(objective, vocab, 4, 32, 4, 0, torch.device("cpu"))
+        expected = objective_flops_per_token(objective, model, 32, predicted_fraction(batches, 4 * 32))[0] * 4 * 32
+        assert c.flops_per_step == pytest.approx(expected, rel=1e-9)
+    assert "generator" in next(c for c in found if c.objective == "electra").differences
+
+
+def test_tiny_arena_end_to_end_and_resume(kjv_data, glue, tmp_path, monkeypatch) -> None:
+    """Two objectives, two evaluation points each, probe + fine-tuning; interrupted during the
+    evaluations, the rerun retrains nothing, rescoring only what was missing, and writes the report."""
+    out = tmp_path / "arena"
+    ev = arena.EvalConfig(glue=str(glue), probe=("sst2",), finetune=("sst2",), lrs=(1e-3,), seeds=(1, 2), epochs=1,
+                          max_train_examples=0, precision="fp32", device="cpu")
+    real_score, calls = arena.score, []
+
+    def interrupted(pretrained, ev_):
+        calls.append(pretrained.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_score(pretrained, ev_)
+
+    monkeypatch.setattr(arena, "score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None)
+    trained = {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in ("mlm", "electra")}
+    cached = sorted(p.relative_to(out).as_posix() for p in (out / "evals").rglob("*.json"))
+    assert len(cached) == 2
+
+    calls.clear()
+    monkeypatch.setattr(arena, "score", lambda p, e: (calls.append(p.name), real_score(p, e))[1])
+    result = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None)
+    assert {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in trained} == trained   # not retrained
+    rows = result["rows"]
+    assert [(r["objective"], round(r["fraction"], 1)) for r in rows if r["objective"] != "random init"] == \
+        [("mlm", 0.5), ("mlm", 1.0), ("electra", 0.5), ("electra", 1.0)]
+    floors = [r for r in rows if r["objective"] == "random init"]      # one per distinct architecture
+    assert 1 <= len(floors) <= 2 and all(r["tflops"] == 0 and r["step"] == 0 for r in floors)
+    assert len(calls) == 2 + len(floors)             # electra's two points and the floors; mlm's points were cached
+    for r in rows:
+        assert set(r["scores"]) == {"probe:sst2", "finetune:sst2"}
+        assert all(0 <= v <= 100 for v in r["scores"].values())
+    budget = 0.002e12
+    for name, c in result["contestants"].items():
+        last = next(r for r in rows if r["objective"] == name and r["step"] == c["steps"])
+        assert last["tflops"] * 1e12 <= budget < last["tflops"] * 1e12 + c["flops_per_step"]
+        assert last["minutes"] > 0 and last["valid_loss"] is not None
+    md = (out / "arena.md").read_text()
+    assert "| objective | config |" in md and "| random init |" in md and "probe:sst2" in md
+    assert (out / "arena_flops.png").stat().st_size > 1000 and (out / "arena_time.png").stat().st_size > 1000
+    assert json.loads((out / "arena.json").read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+def test_arena_refusals(kjv_data, glue, tmp_path, capsys) -> None:
+    base = ["arena", "--data", str(kjv_data), "--out", str(tmp_path / "a"), "--glue", str(glue), "--probe", "sst2",
+            "--objectives", "mlm", "electra", "--seq-len", "32", "--batch-size", "4", *[f"--set={s}" for s in TINY]]
+    cases = [
+        (["--tflops", "1", "--minutes", "1"], "give one budget: --tflops or --minutes"),
+        (["--tflops", "1", "--set", "train.steps=5"], "the arena sets train.steps itself"),
+        (["--tflops", "1e-9"], "give at least 4 steps' worth"),
+        (["--tflops", "1", "--objectives", "mlm", "nope"], "unknown objective 'nope'"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        arena.EvalConfig(glue=str(glue))
+    with pytest.raises(UserError, match="stsb is a regression task"):
+        (glue / "STS-B").mkdir(exist_ok=True)
+        (glue / "STS-B" / "train.tsv").write_text("x\n")
+        arena.EvalConfig(glue=str(glue), probe=("stsb",))
