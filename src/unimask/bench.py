@@ -156,6 +156,7 @@ class Engine:
     cpu_times: list[float] = field(default_factory=list)      # process CPU seconds (all threads) per step
     first_step_s: float | None = None                          # the very first step (compilation happens there)
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)     # before clipping
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ class Engine:
             self.times.append(time.perf_counter() - t)
             self.cpu_times.append(time.process_time() - c)
         self.losses.append(result.loss)
+        self.grad_norms.append(result.grad_norm)
 
     def report(self, dtype_name: str, peak_tflops: float, rss_mb: float) -> dict:
         med, mean = statistics.median(self.times), statistics.fmean(self.times)
