@@ -133,3 +133,21 @@ def test_bench_against_prints_both_engines_and_a_ratio(capsys):
     assert abs(ratio["step_ms_median"] - first["step_ms_median"] / second["step_ms_median"]) < 0.01
     flops = first["train_flops_per_token"] / second["train_flops_per_token"]   # same text tokens per step
     assert ratio["flops"] == pytest.approx(flops, abs=1e-3) and ratio["flops"] > 1
+
+
+def test_bench_compare_compile_times_both_and_reports_the_compile_time(capsys, monkeypatch):
+    """--compare-compile: the same objective compiled (each block) and eager, interleaved; the ratio line
+    carries the compile time (the compiled engine's first step minus its median). torch.compile is
+    stubbed here (tests/test_compile.py compiles for real)."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    assert cli.main(["bench", "--objective", "mlm", "--compare-compile", "--size", "tiny", "--vocab", "1000",
+                     "--batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1", "--dtype", "fp32",
+                     "--device", "cpu"]) == 0
+    first, second, ratio = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert len(compiled) == 2                                     # tiny: 2 blocks, in the first engine only
+    assert (first["compile"], second["compile"]) == (True, False) and first["first_step_ms"] > 0
+    assert ratio["ratio"] == "mlm compiled step / eager step" and ratio["flops"] == 1.0
+    assert ratio["compile_s"] == pytest.approx(first["first_step_ms"] / 1e3 - first["step_ms_median"] / 1e3, abs=0.02)
+    with pytest.raises(SystemExit):                               # one second engine at a time
+        cli.main(["bench", "--compare-compile", "--against", "mlm"])

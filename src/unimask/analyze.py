@@ -112,11 +112,8 @@ def layer_states(encoder, input_ids: Tensor, attention_mask: Tensor | None = Non
                  position_ids: Tensor | None = None, token_type_ids: Tensor | None = None) -> list[Tensor]:
     """[embedding output, block 1 output, ..., block L output] of `encoder`, each (B, T, D), through its
     public pieces; the last one passes the final LayerNorm of a pre-LN stack, so it equals `encoder(...)`."""
-    from .model.encoder import attention_bias
-
     x, position_ids = encoder.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids)
-    rel = encoder.relative_bias(position_ids) if encoder.relative_bias is not None else None   # (B, H, T, T)
-    mask = attention_bias(attention_mask, rel, x.dtype)
+    mask = encoder.attention_inputs(x, position_ids, attention_mask)
     states = [x]
     for layer in encoder.layers:
         x = layer(x, mask)

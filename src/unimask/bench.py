@@ -154,7 +154,9 @@ class Engine:
     flops_source: str = "mlm_formula"           # or "objective": its own train_flops_per_token
     times: list[float] = field(default_factory=list)
     cpu_times: list[float] = field(default_factory=list)      # process CPU seconds (all threads) per step
+    first_step_s: float | None = None                          # the very first step (compilation happens there)
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)     # before clipping
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -177,10 +179,13 @@ class Engine:
         result = train_step(self.model, self.optimizer, [batch], self.autocast, self.info,
                             self._trainable, self.clip_norm)
         synchronize(device)
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - t
         if timed:
             self.times.append(time.perf_counter() - t)
             self.cpu_times.append(time.process_time() - c)
         self.losses.append(result.loss)
+        self.grad_norms.append(result.grad_norm)
 
     def report(self, dtype_name: str, peak_tflops: float, rss_mb: float) -> dict:
         med, mean = statistics.median(self.times), statistics.fmean(self.times)
@@ -194,6 +199,7 @@ class Engine:
             "tokens_per_s": round(tps, 1), "tokens_per_s_mean": round(self.tokens_per_step / mean, 1),
             "step_ms_median": round(med * 1e3, 2), "step_ms_mean": round(mean * 1e3, 2),
             "step_ms_min": round(min(self.times) * 1e3, 2),
+            "first_step_ms": round(self.first_step_s * 1e3, 1),
             "cpu_ms_median": round(statistics.median(self.cpu_times) * 1e3, 2),
             "peak_rss_mb": round(rss_mb, 1),
             "params": self.params, "params_non_embedding": self.params_non_embedding,
@@ -233,9 +239,10 @@ def _apply_overrides(objective_name: str, size: str, cfg, objective_cfg, overrid
 
 def build_engine(objective_name: str, size: str, batch: int, seq: int, count: int, dtype: str,
                  vocab_size: int, info, seed: int = 0, compile_model: bool = False,
-                 overrides: tuple[str, ...] = ()) -> Engine:
+                 overrides: tuple[str, ...] = (), attention: str = "auto") -> Engine:
     """unimask's training setup, built the way `train.loop.train` builds it. `overrides` are
-    `model.X=V` / `objective.X=V` assignments as `unimask pretrain --set` takes them."""
+    `model.X=V` / `objective.X=V` assignments as `unimask pretrain --set` takes them; `compile_model`
+    and `attention` are train.compile and train.attention."""
     from .objectives import OBJECTIVES, PretrainModel, Vocab
     from .model.encoder import Encoder
     from .train import parallel
@@ -255,7 +262,7 @@ def build_engine(objective_name: str, size: str, batch: int, seq: int, count: in
     vocab = Vocab(size=vocab_size)
     objective = OBJECTIVES[objective_name](objective_cfg, cfg, vocab)
     plain = PretrainModel(Encoder(cfg), objective)
-    model = parallel.parallelize(plain, info, "ddp", compile_model)
+    model = parallel.parallelize(plain, info, "ddp", compile_model, attention)
     optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
     batches = random_batches(objective, vocab, batch, seq, count, seed, info.device)
     emb = plain.encoder.embeddings
@@ -326,6 +333,21 @@ def run_interleaved(engines: list[Engine], warmup: int, steps: int, block: int, 
     return {"rounds": rounds, "quiet_rounds": quiet if quiet_wait > 0 else None}
 
 
+def step_ratios(a: Engine, b: Engine) -> dict:
+    """Engine a's step cost over engine b's, timed interleaved: from the median step times, in training
+    FLOPs per step (what the arithmetic alone predicts), paired (the median of adjacent steps' ratios)
+    and in CPU time."""
+    return {"step_ms_median": round(statistics.median(a.times) / statistics.median(b.times), 3),
+            "flops": round(a.flops_per_token * a.tokens_per_step / (b.flops_per_token * b.tokens_per_step), 3),
+            "paired": round(statistics.median(x / y for x, y in zip(a.times, b.times)), 3),
+            "cpu_ms_median": round(statistics.median(a.cpu_times) / statistics.median(b.cpu_times), 3)}
+
+
+def compile_seconds(e: Engine) -> float:
+    """What compilation added to a compiled engine's first step: that step minus its median step."""
+    return round(e.first_step_s - statistics.median(e.times), 2)
+
+
 # ---- CLI ------------------------------------------------------------------------------------------
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -352,12 +374,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .objectives import OBJECTIVES
     p.add_argument("--objective", choices=sorted(OBJECTIVES), default="mlm")
     add_common_arguments(p)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model as train.compile=true does")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each Transformer block, as train.compile=true does")
+    p.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto",
+                   help="the attention kernel, as train.attention (auto: flex_attention for a relative bias or "
+                        "a layout on CUDA, SDPA otherwise)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a model.* or objective.* field, e.g. --set objective.decoder_layers=2")
-    p.add_argument("--against", choices=sorted(OBJECTIVES), default=None,
-                   help="also time this objective (same encoder, model.* overrides) interleaved with the first "
-                        "and print a step-cost ratio line, e.g. --objective pmlm --against mlm")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--against", choices=sorted(OBJECTIVES), default=None,
+                       help="also time this objective (same encoder, model.* overrides) interleaved with the first "
+                            "and print a step-cost ratio line, e.g. --objective pmlm --against mlm")
+    again.add_argument("--compare-compile", action="store_true",
+                       help="time the objective with compile on and off, interleaved, and print a ratio line "
+                            "(compiled step / eager step) with the compile time: the compiled engine's first step "
+                            "minus its median step")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -379,36 +410,40 @@ def run(args: argparse.Namespace) -> int:
     kept = keep_freed_memory_on(info.device, args.keep_freed_memory)
     wait_until_quiet(args.quiet_wait)
     measure_peak_tflops(DTYPES[args.dtype], info.device)
-    engine = build_engine(args.objective, args.size, args.batch, args.seq, args.warmup + args.steps,
-                          args.dtype, args.vocab, info, args.seed, args.compile, tuple(args.overrides))
-    engines = [engine]
+
+    def engine(name: str, compiled: bool, overrides: tuple[str, ...]) -> Engine:
+        e = build_engine(name, args.size, args.batch, args.seq, args.warmup + args.steps, args.dtype, args.vocab,
+                         info, args.seed, compiled, overrides, args.attention)
+        e.name = f"unimask-{name}{'-compiled' if compiled and args.compare_compile else ''}"
+        return e
+
+    engines = [(args.objective, engine(args.objective, args.compile or args.compare_compile, tuple(args.overrides)))]
     if args.against:
         model_only = tuple(o for o in args.overrides if o.startswith("model."))
-        engines.append(build_engine(args.against, args.size, args.batch, args.seq, args.warmup + args.steps,
-                                    args.dtype, args.vocab, info, args.seed, args.compile, model_only))
-        engines[1].name = f"unimask-{args.against}"
-    rounds = run_interleaved(engines, args.warmup, args.steps, block=1 if args.quiet_wait > 0 or args.against else args.steps,
-                             quiet_wait=args.quiet_wait)
+        engines.append((args.against, engine(args.against, args.compile, model_only)))
+    elif args.compare_compile:
+        engines.append((args.objective, engine(args.objective, False, tuple(args.overrides))))
+    pair = len(engines) == 2
+    rounds = run_interleaved([e for _, e in engines], args.warmup, args.steps,
+                             block=1 if args.quiet_wait > 0 or pair else args.steps, quiet_wait=args.quiet_wait)
     rss = peak_rss_mb()                      # before the peak GEMMs allocate their operands
     wait_until_quiet(args.quiet_wait)
     peak = measure_peak_tflops(DTYPES[args.dtype], info.device)
     extra = {"overrides": args.overrides} if args.overrides else {}
-    for e, name in zip(engines, [args.objective, args.against]):
+    for i, (name, e) in enumerate(engines):
         rec = e.report(args.dtype, peak, rss)
         del rec["engine"]
         rec["keep_freed_memory"] = kept
+        rec["compile"] = args.compile or (args.compare_compile and i == 0)
         if args.quiet_wait > 0:
             rec["quiet_steps"] = rounds["quiet_rounds"]
-        print(json.dumps({"objective": name, "size": args.size, **(extra if e is engine else {}), **rec}), flush=True)
-    if args.against:
-        mine, base = engines[0].times, engines[1].times
-        print(json.dumps({"ratio": f"{args.objective} step / {args.against} step", "size": args.size,
-                          "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
-                          "step_ms_median": round(statistics.median(mine) / statistics.median(base), 3),
-                          # the same ratio in training FLOPs per step: what the arithmetic alone predicts
-                          "flops": round(engines[0].flops_per_token * engines[0].tokens_per_step
-                                         / (engines[1].flops_per_token * engines[1].tokens_per_step), 3),
-                          "paired": round(statistics.median(a / b for a, b in zip(mine, base)), 3),
-                          "cpu_ms_median": round(statistics.median(engines[0].cpu_times)
-                                                 / statistics.median(engines[1].cpu_times), 3)}), flush=True)
+        print(json.dumps({"objective": name, "size": args.size, **(extra if i == 0 else {}), **rec}), flush=True)
+    if pair:
+        label = (f"{args.objective} compiled step / eager step" if args.compare_compile
+                 else f"{args.objective} step / {args.against} step")
+        rec = {"ratio": label, "size": args.size, "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
+               **step_ratios(engines[0][1], engines[1][1])}
+        if args.compare_compile:
+            rec["compile_s"] = compile_seconds(engines[0][1])
+        print(json.dumps(rec), flush=True)
     return 0

@@ -3,7 +3,8 @@
 `precision` is one name everywhere (pretrain's train.precision, finetune / predict --precision, bench
 --dtype): "auto" (bf16 where it is faster: CUDA with bf16, AMX / AVX512-BF16 CPUs), "fp32" or "bf16".
 Anything else is a one-line error, never a silent fp32. `device` is "auto" (CUDA when there is one),
-"cpu", "cuda" or "cuda:N". The allocator setting is train/malloc.py's `keep_freed_memory_on`.
+"cpu", "cuda" or "cuda:N". The allocator setting is train/malloc.py's `keep_freed_memory_on`; fp32
+matmuls on CUDA use TensorFloat-32 (`tf32_matmuls`).
 Multi-process training picks each rank's device in train/parallel.py (its local rank).
 """
 
@@ -65,3 +66,13 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextMa
     """A factory of the autocast context for `precision` on `device` (bf16 autocast or none)."""
     use_bf16 = check_precision(precision) == "bf16" or (precision == "auto" and bf16_is_faster(device))
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+
+def tf32_matmuls(device: torch.device, enabled: bool = True) -> None:
+    """fp32 matmuls on CUDA in TensorFloat-32 (Ampere and later: 10-bit mantissa products, fp32
+    accumulation; what `precision=fp32` and autocast's fp32 regions get). Process-wide; the CPU keeps
+    full fp32. `enabled=False` restores full precision (strict comparisons)."""
+    if device.type == "cuda":
+        # the legacy switch: it keeps torch.get_float32_matmul_precision() answerable (inductor asks it),
+        # which setting torch.backends.cuda.matmul.fp32_precision alone does not (torch 2.13)
+        torch.backends.cuda.matmul.allow_tf32 = enabled

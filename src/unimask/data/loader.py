@@ -70,14 +70,16 @@ def corruption_rng(seed: int, index: int, stream: int = 0) -> torch.Generator:
 
 
 class TrainLoader:
-    """Infinite iterator of corrupted micro-batches for one rank; `state_dict` resumes it exactly."""
+    """Infinite iterator of corrupted micro-batches for one rank; `state_dict` resumes it exactly.
+    With `pin_memory` (training on CUDA) the batches come in page-locked memory, so the trainer's
+    non-blocking copy to the device does not hold the host up."""
 
     def __init__(self, blocks: Blocks, batch_size: int, seed: int, corrupt: Callable,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> None:
         if len(blocks) == 0:
             raise ValueError("the training split is empty")
         self.blocks, self.batch_size, self.seed, self.corrupt = blocks, batch_size, seed, corrupt
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
         self.next_index = 0          # the next global micro-batch to be consumed by rank 0's group
         self._orders: dict[int, np.ndarray] = {}
 
@@ -103,8 +105,8 @@ class TrainLoader:
     def __next__(self) -> TokenBatch:
         g = self.next_index + self.rank
         self.next_index += self.world_size
-        batch = self.blocks.gather(self._samples(g))
-        return self.corrupt(batch, corruption_rng(self.seed, g))
+        batch = self.corrupt(self.blocks.gather(self._samples(g)), corruption_rng(self.seed, g))
+        return batch.pin_memory() if self.pin_memory else batch
 
     def state_dict(self) -> dict:
         return {"next_index": self.next_index, "batch_size": self.batch_size, "seed": self.seed}

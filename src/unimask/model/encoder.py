@@ -2,7 +2,10 @@
 
 Post-LN (BERT, Devlin et al. 2019) or pre-LN (Xiong et al. 2020) blocks; learned absolute positions
 and/or a T5-style relative position bias (Raffel et al. 2020, section 2.1) with one bucket table
-shared by all layers, as in COCO-LM. Attention runs through `scaled_dot_product_attention`.
+shared by all layers, as in COCO-LM. Attention runs through `scaled_dot_product_attention`, or,
+for a relative bias or an attention layout (PMLM, seq2seq) on CUDA, through `flex_attention`
+(`BlockStack.attention_kernel`, see `FlexLayout`): the bias becomes a score_mod and the layout a block
+mask instead of a dense (B, H, T, T) float mask, which SDPA's fused kernels do not all take.
 
 The parameter names follow a fixed rename table to `transformers.BertModel` (see export/hf.py), so a
 post-LN absolute-position encoder exports without any other transformation.
@@ -19,11 +22,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+try:                                            # torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:                             # pragma: no cover - older torch: SDPA only
+    BlockMask = create_block_mask = flex_attention = None
+
+ATTENTION_KERNELS = ("auto", "sdpa", "flex")
+FLEX_MIN_QUERIES = 128      # "auto": flex for passes of at least one flex block of queries (see BlockStack)
 
 
 @dataclass
@@ -101,6 +112,13 @@ class RelativePositionBias(nn.Module):
         buckets = relative_position_bucket(relative, self.num_buckets, self.max_distance)
         return self.table(buckets).permute(0, 3, 1, 2)
 
+    def by_distance(self) -> Tensor:
+        """(2M + 1, H): row M + d is the bias of key - query = d, for |d| <= M = max_distance. Every
+        distance beyond M falls in the same (last) bucket as +-M, so clamping to [-M, M] is exact."""
+        M = self.max_distance
+        relative = torch.arange(-M, M + 1, device=self.table.weight.device)              # (2M + 1,)
+        return self.table(relative_position_bucket(relative, self.num_buckets, M))       # (2M + 1, H)
+
 
 def embedding_width(cfg: EncoderConfig) -> int:
     """The width E of the token / position / type embeddings (and of the tied LM projection)."""
@@ -150,21 +168,25 @@ class Attention(nn.Module):
         self.out = nn.Linear(d, d)
         self.attention_dropout = cfg.attention_dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | FlexLayout | None) -> Tensor:
         return self.step(x, mask)[0]
 
-    def step(self, x: Tensor, mask: Tensor | None,
+    def step(self, x: Tensor, mask: Tensor | FlexLayout | None,
              past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, T, D) attending to the cached `past` keys/values ((B, H, P, Dh) each) and to itself;
-        mask (B, 1|H, T|1, P + T). Returns the output (B, T, D) and the new tokens' own (k, v)."""
+        mask (B, 1|H, T|1, P + T) for SDPA, or a FlexLayout. Returns the output (B, T, D) and the new
+        tokens' own (k, v)."""
         B, T, D = x.shape
         H = self.num_heads
         q = self.query(x).view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
         k = self.key(x).view(B, T, H, D // H).transpose(1, 2)
         v = self.value(x).view(B, T, H, D // H).transpose(1, 2)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))  # (B, H, P+T, Dh)
-        dropout = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)  # (B, H, T, Dh)
+        if isinstance(mask, FlexLayout):          # no attention dropout there (BlockStack checks)
+            y = mask.attend(q, keys, values)                                             # (B, H, T, Dh)
+        else:
+            dropout = self.attention_dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)  # (B, H, T, Dh)
         return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v)
 
 
@@ -188,10 +210,10 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | FlexLayout | None) -> Tensor:
         return self.step(x, mask)[0]
 
-    def step(self, x: Tensor, mask: Tensor | None,
+    def step(self, x: Tensor, mask: Tensor | FlexLayout | None,
              past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The block over new tokens x (B, T, D) with cached keys/values `past` (see Attention.step);
         returns (B, T, D) and the new tokens' (k, v) of this layer."""
@@ -223,6 +245,87 @@ def attention_bias(attention_mask: Tensor | None, relative_bias: Tensor | None, 
     return bias
 
 
+@dataclass(frozen=True)
+class FlexLayout:
+    """What `flex_attention` takes instead of `attention_bias`'s dense mask: a block mask from the
+    boolean "may attend" mask (blocks nobody may attend are skipped) and the relative bias as a
+    score_mod that reads one (2M + 1, H) row per key - query distance (`RelativePositionBias.by_distance`).
+
+    Built once per pass by `BlockStack.attention_inputs`; the score_mod is made in `attend`, inside the
+    (possibly compiled) block, from the tensors held here. flex_attention has no dropout, and on the
+    CPU no backward (torch 2.13): the "auto" kernel uses it only on CUDA, without attention dropout.
+    A query row with no key it may attend gives 0 here and NaN / a uniform average under SDPA."""
+
+    block_mask: BlockMask | None     # None: every key
+    bias: Tensor | None              # (2M + 1, H) or None: no relative bias
+    query_positions: Tensor | None   # (B, Tq) position ids of the queries (with `bias`)
+    key_positions: Tensor | None     # (B, Tk) ... of the keys
+    max_distance: int = 0            # M
+
+    def score_mod(self, dtype: torch.dtype) -> Callable | None:
+        """score (a scalar per query i, key j of row b, head h) + bias[clamp(key pos - query pos, -M, M) + M, h]."""
+        if self.bias is None:
+            return None
+        bias, qpos, kpos, M = self.bias.to(dtype), self.query_positions, self.key_positions, self.max_distance
+
+        def add_relative_bias(score: Tensor, b: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
+            return score + bias[(kpos[b, j] - qpos[b, i]).clamp(-M, M) + M, h]
+        return add_relative_bias
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """(B, H, Tq, Dh) queries over (B, H, Tk, Dh) keys and values -> (B, H, Tq, Dh)."""
+        return _flex_kernel(q)(q, k, v, score_mod=self.score_mod(q.dtype), block_mask=self.block_mask)
+
+    @staticmethod
+    def build(attention_mask: Tensor | None, relative_bias: RelativePositionBias | None, position_ids: Tensor,
+              key_position_ids: Tensor) -> FlexLayout:
+        """attention_mask as `attention_bias` takes it ((B, Tk), (B, Tq, Tk) or (B, 1, Tq, Tk) bool);
+        position_ids (B, Tq) and key_position_ids (B, Tk) place queries and keys for the bias."""
+        (B, Tq), Tk = position_ids.shape, key_position_ids.shape[1]
+        block_mask = None
+        if attention_mask is not None:
+            allowed = attention_mask.bool()
+            if allowed.dim() == 2:                                               # (B, Tk) key padding
+                def may_attend(b, h, i, j):
+                    return allowed[b, j]
+            else:
+                allowed = allowed[:, 0] if allowed.dim() == 4 else allowed       # (B, Tq, Tk)
+
+                def may_attend(b, h, i, j):
+                    return allowed[b, i, j]
+            block_mask = create_block_mask(may_attend, B, None, Tq, Tk, device=position_ids.device)
+        if relative_bias is None:
+            return FlexLayout(block_mask, None, None, None)
+        return FlexLayout(block_mask, relative_bias.by_distance(), position_ids, key_position_ids,
+                          relative_bias.max_distance)
+
+
+_COMPILED_FLEX: list = []
+
+
+def _flex_kernel(q: Tensor) -> Callable:
+    """flex_attention compiled on CUDA (its fused kernel; eager flex materialises the scores), as is
+    inside an already compiled region, eager on the CPU (forward only: tests and analysis)."""
+    if not q.is_cuda or torch.compiler.is_compiling():
+        return flex_attention
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
+    return _COMPILED_FLEX[0]
+
+
+def set_attention_kernel(module: nn.Module, kernel: str) -> None:
+    """Every BlockStack in `module` (encoder, generators, decoders) takes `kernel`: "auto" (flex where
+    it helps and works: CUDA, a relative bias or a layout, no attention dropout, at least
+    FLEX_MIN_QUERIES queries), "sdpa" or "flex" (always; for tests and measurements)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, not {kernel!r}")
+    if kernel == "flex" and flex_attention is None:
+        raise ValueError(f"flex attention needs torch >= 2.5 (this is {torch.__version__})")
+    for m in module.modules():
+        if isinstance(m, BlockStack):
+            m.attention_kernel = kernel
+
+
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm."""
     if isinstance(module, nn.Linear):
@@ -249,11 +352,33 @@ class BlockStack(nn.Module):
         self.relative_bias = RelativePositionBias(cfg) if cfg.relative_buckets > 0 else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.attention_kernel = "auto"        # not a config field: a kernel choice (set_attention_kernel)
+
+    def attention_inputs(self, x: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
+                         key_position_ids: Tensor | None = None) -> Tensor | FlexLayout | None:
+        """What every block's attention takes for queries x (B, Tq, D) at `position_ids` (B, Tq) over keys
+        at `key_position_ids` (B, Tk, default the queries'): for SDPA None, a boolean mask or the additive
+        bias (`attention_bias`), for flex_attention a `FlexLayout` (see `set_attention_kernel`)."""
+        keys = position_ids if key_position_ids is None else key_position_ids
+        if self._uses_flex(x, attention_mask):
+            return FlexLayout.build(attention_mask, self.relative_bias, position_ids, keys)
+        rel = self.relative_bias(position_ids, keys) if self.relative_bias is not None else None  # (B, H, Tq, Tk)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return attention_bias(attention_mask, rel, dtype)
+
+    def _uses_flex(self, x: Tensor, attention_mask: Tensor | None) -> bool:
+        dropout = self.training and self.config.attention_dropout > 0
+        if self.attention_kernel == "flex":
+            if dropout:
+                raise ValueError("flex attention has no attention dropout: set model.attention_dropout=0 "
+                                 "or use the sdpa kernel")
+            return True
+        dense = self.relative_bias is not None or (attention_mask is not None and attention_mask.dim() > 2)
+        return (self.attention_kernel == "auto" and flex_attention is not None and x.is_cuda and dense
+                and not dropout and x.shape[1] >= FLEX_MIN_QUERIES)
 
     def forward(self, x: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        rel = self.relative_bias(position_ids) if self.relative_bias is not None else None  # (B, H, T, T)
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        mask = attention_bias(attention_mask, rel, dtype)
+        mask = self.attention_inputs(x, position_ids, attention_mask)
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x) if self.final_norm is not None else x
@@ -270,9 +395,7 @@ class BlockStack(nn.Module):
         Returns the hidden states (B, T, D) and per layer the new tokens' (k, v), (B, H, T, Dh) each.
         """
         keys = position_ids if past is None else torch.cat([past_position_ids, position_ids], 1)  # (B, P+T)
-        rel = self.relative_bias(position_ids, keys) if self.relative_bias is not None else None  # (B, H, T, P+T)
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        mask = attention_bias(attention_mask, rel, dtype)
+        mask = self.attention_inputs(x, position_ids, attention_mask, keys)
         present = []
         for i, layer in enumerate(self.layers):
             x, kv = layer.step(x, mask, None if past is None else past[i])

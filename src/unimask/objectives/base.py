@@ -27,7 +27,15 @@ class TokenBatch:
     extras: dict[str, Tensor] = field(default_factory=dict)  # objective-specific tensors
 
     def to(self, device: torch.device | str) -> "TokenBatch":
-        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
+        """On `device`; the copies are asynchronous from pinned memory (`pin_memory`) to CUDA."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "TokenBatch":
+        """In page-locked host memory, so `to("cuda")` copies without blocking the host (CUDA only)."""
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "TokenBatch":
+        move = lambda t: fn(t) if isinstance(t, Tensor) else t  # noqa: E731
         fields = {f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extras"}
         return TokenBatch(**fields, extras={k: move(v) for k, v in self.extras.items()})
 

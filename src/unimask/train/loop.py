@@ -50,7 +50,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parallel: Literal["ddp", "fsdp"] = "ddp"
-    compile: bool = False
+    compile: bool = False                # torch.compile each Transformer block (train/parallel.py compile_blocks)
+    attention: Literal["auto", "sdpa", "flex"] = "auto"   # auto: flex_attention for a bias / layout on CUDA (model/encoder.py)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200                # 0 = only at the end
@@ -337,6 +338,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             objective = OBJECTIVES[cfg.objective_name](cfg.objective, cfg.model, vocab)
         except ValueError as e:
             raise UserError(f"invalid {cfg.objective_name} settings: {e}") from None
+        _check_attention(tcfg.attention, info.device, cfg.model.attention_dropout)
         if generator_init is not None:
             from .init import apply_init_generator
             warnings = apply_init_generator(objective, init.state["embeddings.word.weight"], generator_init)
@@ -358,12 +360,12 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             if info.is_main:
                 print(f"initialised the encoder{' and the ' + ', '.join(heads) + ' head' if heads else ''} "
                       f"from {init.source}", file=sys.stderr)
-        model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile)
+        model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile, tcfg.attention)
         torch.manual_seed(tcfg.seed * 1000 + info.rank)      # per-rank dropout streams
         optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
         scheduler = build_scheduler(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule, tcfg.min_lr_ratio)
         loader = TrainLoader(Blocks(store, cfg.data.seq_len, full_only=True), tcfg.batch_size, tcfg.seed,
-                             objective.corrupt, info.rank, info.world_size)
+                             objective.corrupt, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
         valid_blocks = Blocks(valid_store, cfg.data.seq_len, full_only=False)
         autocast = autocast_for(tcfg.precision, info.device)
         log = MetricsLog(run_dir, info.is_main)
@@ -479,6 +481,18 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
     finally:
         held.close()
         parallel.shutdown()
+
+
+def _check_attention(kernel: str, device: torch.device, attention_dropout: float) -> None:
+    """train.attention=flex where flex_attention cannot train is a one-line error, before the run starts."""
+    if kernel != "flex":
+        return
+    if device.type != "cuda":
+        raise UserError("train.attention=flex trains on CUDA only (flex_attention has no CPU backward); "
+                        "use train.attention=auto or sdpa")
+    if attention_dropout > 0:
+        raise UserError("train.attention=flex: flex_attention has no attention dropout; "
+                        "set model.attention_dropout=0 or use train.attention=auto")
 
 
 def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means: dict[str, float]) -> dict:

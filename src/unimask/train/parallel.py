@@ -1,4 +1,5 @@
-"""Everything distributed, applied to the model from outside: process groups, DDP / FSDP2, compile.
+"""Everything applied to the model from outside: process groups, DDP / FSDP2, regional compile, the
+attention kernel.
 
 Nothing in model/ or objectives/ imports torch.distributed; the trainer calls these functions.
 """
@@ -27,10 +28,13 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), else one process."""
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), else one process.
+
+    Under torchrun the group is joined even with one process (`--nproc-per-node 1`), so FSDP runs its
+    real code path (DTensor parameters, sharded state dicts) on a single device too."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and "RANK" not in os.environ:
         return DistInfo(device=torch.device("cuda" if want_cuda else "cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
@@ -48,40 +52,65 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile_model: bool) -> nn.Module:
-    """Wrap for data parallelism: "ddp" or "fsdp" (FSDP2 `fully_shard` per encoder block, then root)."""
+def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile_model: bool,
+                attention: str = "auto") -> nn.Module:
+    """Everything applied to the model from outside, in this order: TF32 matmuls on CUDA
+    (`runtime.tf32_matmuls`), the attention kernel of every block stack (`set_attention_kernel` in
+    model/encoder.py: "auto", "sdpa" or "flex"), regional compilation (`compile_blocks`), then
+    data parallelism: "fsdp" (FSDP2 `fully_shard` per encoder block, then the root; also for one
+    process under torchrun) or "ddp" (more than one process). Returns the model to call: the same
+    object, except under DDP."""
+    from ..model.encoder import set_attention_kernel
+    from ..runtime import tf32_matmuls
+
+    tf32_matmuls(info.device)
     model.to(info.device)
-    if info.world_size > 1:
-        if strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-            for block in model.encoder.layers:
-                fully_shard(block)
-                # objectives that encode in pieces (PMLM) call Block.step: it must gather the shards too
-                register_fsdp_forward_method(block, "step")
-            fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    set_attention_kernel(model, attention)
     if compile_model:
-        model = torch.compile(model)
+        compile_blocks(model)
+    if strategy == "fsdp" and dist.is_initialized():
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        for block in model.encoder.layers:
+            fully_shard(block)
+            # objectives that encode in pieces (PMLM) call Block.step: it must gather the shards too
+            register_fsdp_forward_method(block, "step")
+        fully_shard(model)
+    elif info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
     return model
 
 
+def compile_blocks(model: nn.Module) -> int:
+    """Regional compilation: `torch.compile` each Transformer block (encoder, generators, decoders),
+    not the whole model. Blocks of one shape share their compiled code (the parameters are inputs),
+    so compiling costs about one block's graph per shape; what runs between the blocks (embeddings,
+    masks, the objectives' heads, sampling, losses) stays eager and free to change shape.
+
+    The block's `step` is compiled, as an attribute of the instance: `Block.forward` calls it, and so
+    do the objectives that encode in pieces (PMLM) and FSDP's registered forward method. Returns the
+    number of blocks compiled."""
+    from ..model.encoder import Block
+
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.step = torch.compile(block.step)
+    return len(blocks)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain PretrainModel under compile / DDP wrappers (FSDP2 shards in place)."""
-    model = getattr(model, "_orig_mod", model)
+    """The plain PretrainModel under a DDP wrapper (FSDP2 shards in place, compile is per block)."""
     return getattr(model, "module", model)
 
 
 def gradient_sync(model: nn.Module, sync: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
-    inner = getattr(model, "_orig_mod", model)
-    if hasattr(inner, "no_sync") and not sync:
-        return inner.no_sync()
-    if hasattr(inner, "set_requires_gradient_sync"):
-        inner.set_requires_gradient_sync(sync)
+    if hasattr(model, "no_sync") and not sync:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
 
 

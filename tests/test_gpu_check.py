@@ -1,0 +1,49 @@
+"""benchmarks/gpu_check.py --device cpu --smoke: every part of the GPU session's check runs at tiny
+sizes on the CPU and writes its JSON and markdown, so the script is known to work before a GPU is lent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
+    shared_data("corpus", "enwiki_sample.txt.gz")
+    out = tmp_path / "check"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert list(parts) == ["correctness", "throughput", "transformers", "pretrain", "finetune"]
+    assert all(p["status"] == "ok" for p in parts.values()), {n: (p["status"], p.get("note")) for n, p in parts.items()}
+    figures = {name: p["figures"] for name, p in parts.items()}
+    checks = {(f["objective"], f["check"].split()[0]) for f in figures["correctness"]}
+    assert {(o, "fp32") for o in ("mlm", "electra", "cocolm", "maelm", "pmlm")} | {("mlm", "compiled")} <= checks
+    assert all(f["ok"] for f in figures["correctness"]) and all(f["bf16_finite"] for f in figures["correctness"]
+                                                                 if "bf16_finite" in f)
+    rates = [f for f in figures["throughput"] if "tokens_per_s" in f]
+    assert {f["objective"] for f in rates} == {"mlm", "electra", "cocolm", "maelm", "pmlm"}
+    assert all(f["tokens_per_s"] > 0 and 0 < f["mfu"] <= 1 for f in rates)
+    assert figures["transformers"][-1]["engine"] == "unimask / transformers"
+    runs = {f["run"].split(",")[0].split(" ")[0]: f for f in figures["pretrain"]}
+    assert runs["resume"]["exact"] is True and runs["torchrun"]["ok"] is True       # the CPU resumes exactly
+    assert "step_" in runs["mlm_tiny"]["checkpoints"]
+    generated = [f for f in figures["finetune"] if f["run"].startswith("generate")]
+    assert len(generated) == 2 and all(f["ok"] for f in generated)                  # same outputs, cache or not
+    markdown = (out / "gpu_check.md").read_text()
+    assert "## pretrain: ok" in markdown and "| objective |" in markdown
+    printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sum("status" in r for r in printed) == 5 and len(printed) > 20          # each figure as it goes
