@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError
+from ..files import save_weights
 from .card import finetuned_card
 from .hf import ENCODER_TO_BERT, Exported, rename, to_bert_config, write_directory
 
@@ -82,8 +82,7 @@ def _native(ft, architecture: str, head_tensors: dict[str, Tensor], extra: dict)
 
     def write(directory: Path) -> str:
         bert_config.to_json_file(directory / "config.json")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_weights(tensors, directory / "model.safetensors")
         return architecture
     return write
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -39,6 +38,7 @@ from torch import Tensor
 from ..checkpoint import (MLM_HEADS, find_checkpoint, fit_state, is_hf_directory, load_encoder,  # noqa: F401
                           load_hf_encoder, read_config, read_tensors, read_tokenizer)
 from ..errors import UserError
+from ..files import save_weights
 from ..model.encoder import Encoder, EncoderConfig
 from ..model.families import BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT, LM_HEAD_TO_BERT, rename  # noqa: F401
 from ..model.heads import LMHead
@@ -217,8 +217,7 @@ def export_encoder(
 
     def write_model(directory: Path) -> None:
         bert_config.to_json_file(directory / "config.json")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, directory / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_weights(tensors, directory / "model.safetensors")
 
     write_directory(out, overwrite, tokenizer, tokenizer_json, cfg.max_positions, write_model, card)
 
@@ -297,16 +296,6 @@ def export_any(path: str | Path, out: str | Path, overwrite: bool = False) -> Ex
 
 
 EXPORTERS = {"hf": export_any}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the `unimask export` options on `parser`."""
-    parser.add_argument("path", nargs="?", metavar="PATH",
-                        help="a run directory (its latest checkpoint), a checkpoint, or a `unimask finetune` output")
-    parser.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
-    parser.add_argument("--to", choices=sorted(EXPORTERS), default="hf", help="target format (default %(default)s)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
 
 def run(args: argparse.Namespace) -> int:

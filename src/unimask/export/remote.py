@@ -23,10 +23,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..files import save_weights
 from ..model.encoder import Encoder, EncoderConfig
 from ..model.heads import LMHead
 from ..checkpoint import fit_state
@@ -168,8 +168,7 @@ def write_remote_model(
     config = UnimaskConfig(**fields, architectures=[architecture], auto_map=dict(AUTO_MAP), dtype=dtype)
     _check_names(architecture, config, tensors)
     config.to_json_file(Path(directory) / "config.json")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, Path(directory) / "model.safetensors",
-              metadata={"format": "pt"})
+    save_weights(tensors, Path(directory) / "model.safetensors")
     shutil.copyfile(MODELING_FILE, Path(directory) / MODELING_FILE.name)
     return architecture
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import UserError
+from ..files import save_weights
 
 FORMAT = "unimask-checkpoint/1"
 STEP_PREFIX = "step_"
@@ -109,8 +110,8 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _pack(train_state, tensors, "state")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-    save_file(tensors, str(tmp / "train_state.safetensors"))
+    save_weights(model_state, tmp / "model.safetensors")
+    save_weights(tensors, tmp / "train_state.safetensors")
     (tmp / "train_state.json").write_text(json.dumps(skeleton))
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if tokenizer_file is not None:

@@ -22,6 +22,7 @@ import torch
 from ..errors import UserError
 from ..runtime import autocast_for
 from .malloc import keep_freed_memory_on
+from .summary import end_summary, fit_steps_to_budget, start_summary, valid_line
 
 
 @dataclass
@@ -50,6 +51,8 @@ class TrainConfig:
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
+    budget_calibration_steps: int = 0    # with a time budget: time this many steps, then keep the steps that fit
+                                         # it (at most `steps`; warm-up scaled alike) so the schedule ends in time
     keep_freed_memory: bool = True       # CPU: glibc keeps freed pages mapped, no page faults each step (train/malloc.py)
 
     def __post_init__(self) -> None:
@@ -269,7 +272,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 print(f"initialised the generator from {generator_init.source}", file=sys.stderr)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            _write_config(run_dir, cfg)
 
         # ---- model, optimizer ---------------------------------------------------------------
         if info.world_size > 1:
@@ -298,6 +301,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         if existing is not None:
             if info.is_main:
                 print(f"resumed {run_dir} from step {step}", file=sys.stderr)
+        if info.is_main:
+            print(start_summary(cfg, data_dir, run_dir, plain.encoder, info.device, store, valid_store), file=sys.stderr)
 
         def save(at_step: int) -> None:
             model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
@@ -335,6 +340,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         bar = _progress(progress and info.is_main, tcfg.steps, step)
         tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
         params = [p for p in model.parameters() if p.requires_grad]
+        # a fresh run with a budget to fit: time steps 2 .. calibrate_at (step 1 warms up)
+        calibrate_at = 1 + tcfg.budget_calibration_steps if tcfg.time_budget_minutes and step == 0 else 0
         while step < tcfg.steps:
             micro_batches = (next(loader) for _ in range(tcfg.grad_accum))
             result = train_step(model, optimizer, micro_batches, autocast, info, params, tcfg.clip_norm)
@@ -354,8 +361,20 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             step += 1
 
             elapsed = time.perf_counter() - t0
+            if step == 1:
+                warm = elapsed
+            if calibrate_at > 1 and step == calibrate_at:
+                scheduler = _fit_to_budget(cfg, step, elapsed, (elapsed - warm) / (step - 1), optimizer, info)
+                if bar is not None:
+                    bar.total = tcfg.steps
+                    bar.refresh()
+                if info.is_main:
+                    _write_config(run_dir, cfg)
+                _say(bar, info, f"step {step}: {tcfg.steps} steps fit the {tcfg.time_budget_minutes:g}-minute budget "
+                                f"here (warm-up {tcfg.warmup_steps})")
             if step % tcfg.log_every == 0 or step == tcfg.steps:
-                record = {"split": "train", "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                record = {"split": "train", "step": step, "tokens": step * result.tokens, "loss": loss,
+                          "lr": scheduler.get_last_lr()[0],
                           "grad_norm": grad_norm, "epoch": round(loader.epoch(), 4),
                           "tokens_per_s": tokens_seen / max(elapsed, 1e-9), **objective.summarize(means)}
                 log.write(record)
@@ -364,7 +383,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 bar.update(1)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
                 last_eval = evaluate(step)
-                _say(bar, info, f"step {step}: {_eval_summary(last_eval, brief=True)}")
+                _say(bar, info, f"step {step}: {valid_line(last_eval)}")
             if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
                 save(step)
             if tcfg.time_budget_minutes and _out_of_time(elapsed, tcfg.time_budget_minutes, info):
@@ -376,11 +395,30 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         save(step)
         log.close()
         if info.is_main:
-            print(f"done: {step} steps; {_eval_summary(last_eval)}; "
-                  f"checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}", file=sys.stderr)
+            print(end_summary(last_eval, store, valid_store, step, (time.perf_counter() - t0) / 60, run_dir,
+                              ckpt_mod.latest_checkpoint(run_dir)), file=sys.stderr)
         return last_eval
     finally:
         parallel.shutdown()
+
+
+def _write_config(run_dir: Path, cfg) -> None:
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _fit_to_budget(cfg, step: int, elapsed: float, step_s: float, optimizer, info):
+    """Set cfg.train.steps (and warm-up, in proportion) to what fits the time budget at `step_s` seconds
+    a step (the main rank's clock decides for all) and return the scheduler for it, at `step`."""
+    from . import parallel
+    from .optim import build_scheduler
+    tcfg = cfg.train
+    fitted = fit_steps_to_budget(step, elapsed, step_s, 60 * tcfg.time_budget_minutes, tcfg.steps,
+                                 eval_s=tcfg.eval_batches * step_s / 3, eval_every=tcfg.eval_every)
+    flag = torch.tensor([float(fitted if info.is_main else 0)], device=info.device)
+    fitted = int(parallel.all_reduce_sum(flag).item())
+    tcfg.warmup_steps = max(1, round(tcfg.warmup_steps * fitted / tcfg.steps))
+    tcfg.steps = fitted
+    return build_scheduler(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule, tcfg.min_lr_ratio, last_step=step)
 
 
 def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means: dict[str, float]) -> dict:
@@ -390,17 +428,6 @@ def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means:
     if not targets:
         return {**record, "loss": None, "reason": "nothing to score"}
     return {**record, "loss": loss_sum / targets, **means}
-
-
-def _eval_summary(record: dict, brief: bool = False) -> str:
-    """The log text of an eval record: `valid loss 2.3456` (brief) or `valid loss 2.346, mlm_acc 0.41, ...`;
-    for an evaluation that scored nothing, says so with the blocks it saw (never formats None)."""
-    if record.get("loss") is None:
-        blocks = record["blocks"]
-        return f"valid: nothing to score ({blocks} block{'' if blocks == 1 else 's'}, 0 target tokens)"
-    if brief:
-        return f"valid loss {record['loss']:.4f}"
-    return "valid " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
 def _out_of_time(elapsed: float, budget_minutes: float, info) -> bool:
