@@ -126,6 +126,17 @@ def test_an_unknown_flag_names_the_subcommand(capsys):
     assert "(did you mean --max-length?)" in capsys.readouterr().err
 
 
+def test_old_flag_names_still_work_with_a_warning(capsys):
+    """Generated tokens are --max-new-tokens everywhere; the old names store into it and say so."""
+    from unimask.cli import build_parser
+    cases = {"finetune": (["--task", "seq2seq"], "--max-gen-length"), "generate": (["--input", "-"], "--max-length"),
+             "predict": (["--input", "-"], "--max-length")}
+    for command, (needed, old) in cases.items():
+        args = build_parser(command).parse_args([command, "--checkpoint", "x", *needed, old, "7"])
+        assert args.max_new_tokens == 7
+        assert f"warning: {old} is deprecated and will go; use --max-new-tokens" in capsys.readouterr().err
+
+
 def test_pretrain_runs_and_writes_a_checkpoint(kjv_data, tmp_path, capsys):
     cfg = tiny_run_config(kjv_data, steps=3)
     out = tmp_path / "run"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,27 +44,31 @@ def test_the_default_job_is_fitted_to_its_budget():
 
 
 def test_a_run_fitted_to_its_budget_ends_its_schedule_and_says_what_it_did(kjv_data, tmp_path, capsys, monkeypatch):
-    """After the calibration steps the step count becomes what fits (here, forced to 12 of 40): warm-up
-    shrinks alike, the lr reaches 0 at the new end, config.json and the checkpoint hold the new count;
-    the run says what it trains on and, at the end, what its figures mean and what to run next."""
-    monkeypatch.setattr(loop, "fit_steps_to_budget", lambda done, *a, **k: 12)
+    """Every few steps the step count becomes what fits at the pace just measured (forced here: 12 of at
+    most 40 at step 4, then 18 from step 7 on, as if the machine sped up): warm-up follows in proportion,
+    the lr reaches 0 at the last count, config.json and the checkpoint hold it; the run says what it
+    trains on and, at the end, what its figures mean and what to run next."""
+    fits = iter([12, 18])
+    monkeypatch.setattr(loop, "fit_steps_to_budget", lambda done, *a, **k: next(fits, 18))
     cfg = tiny_run_config(kjv_data, steps=40, warmup_steps=8, time_budget_minutes=60, budget_calibration_steps=3)
     run = tmp_path / "run"
     loop.train(cfg, run, progress=False)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
-    assert [r["step"] for r in train] == list(range(1, 13)) and train[-1]["lr"] == 0.0
-    assert train[-1]["tokens"] == 12 * 4 * 32                           # steps x batch x length
+    assert [r["step"] for r in train] == list(range(1, 19)) and train[-1]["lr"] == 0.0
+    assert train[-1]["tokens"] == 18 * 4 * 32                           # steps x batch x length
     saved = json.loads((run / "config.json").read_text())["train"]
-    assert (saved["steps"], saved["warmup_steps"]) == (12, 2)
-    assert json.loads((run / "checkpoints" / "step_00000012" / "config.json").read_text())["train"]["steps"] == 12
+    assert (saved["steps"], saved["warmup_steps"]) == (18, 4)           # 8/40 of it
+    assert json.loads((run / "checkpoints" / "step_00000018" / "config.json").read_text())["train"]["steps"] == 18
     err = capsys.readouterr().err
-    assert "step 4: 12 steps fit the 60-minute budget here (warm-up 2)" in err
+    assert re.search(r"step 4: 12 steps fit the 60-minute budget at [0-9.]+ s a step \(warm-up 2\)", err)
+    assert re.search(r"step 7: 18 steps fit the 60-minute budget at [0-9.]+ s a step \(warm-up 4\)", err)
+    assert err.count("steps fit the") == 2                              # refits at steps 10, 13, 16: no news
     for said in (f"data      {kjv_data}", "model     mlm on a tiny encoder: 2 layers x 32 wide",
                  "device    cpu, fp32 (train.precision=fp32), ", " thread", f"run dir   {run}",
-                 "after 3 steps fitted to a 60-minute budget", "done: 12 steps in ",
+                 "refitted every 3 steps to a 60-minute budget", "done: 18 steps in ",
                  "masked-token cross-entropy", "knowing only token frequencies gives",
-                 "mlm_acc", "always guessing the most frequent token", "checkpoints/step_00000012",
+                 "mlm_acc", "always guessing the most frequent token", "checkpoints/step_00000018",
                  f"unimask plot {run}", f"unimask finetune --checkpoint {run}", "unimask predict --model",
                  f"unimask export {run}"):
         assert said in err, said
@@ -116,3 +122,16 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     assert main(["plot", str(tmp_path)]) == 2
     assert "pip install 'unimask[plot]'" in capsys.readouterr().err
+
+
+def test_the_readme_names_every_train_key_and_command():
+    """The README's `train.*` list is every TrainConfig field, and every command appears as `unimask CMD`."""
+    import dataclasses
+
+    from unimask.cli import COMMANDS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    bullet = readme[readme.index("  * `train.*`"):]
+    bullet = bullet[:bullet.index("\n* ")]
+    missing = {f.name for f in dataclasses.fields(loop.TrainConfig)} - set(re.findall(r"`(\w+)`", bullet))
+    assert not missing, f"README's train.* list lacks {sorted(missing)}"
+    assert all(f"unimask {command}" in readme for command in COMMANDS)

@@ -76,15 +76,14 @@ def plot(runs: list[dict], out: Path) -> Path:
                 steps, values = _series(run[split], "loss")
                 loss_ax.plot([s * scale for s in steps], values, color=color, label=f"{run['name']} {split}", **style)
             for j, key in enumerate(accuracies):
-                steps, values = _series(run["valid"], key) if any(key in r for r in run["valid"]) \
-                    else _series(run["train"], key)
-                if steps:
-                    acc_ax.plot([s * scale for s in steps], values, color=color, linestyle=styles[j % len(styles)],
-                                marker="o", markersize=3, label=f"{run['name']} {key}")
+                for split, style in (("train", {"linewidth": 0.8, "alpha": 0.6}), ("valid", {"marker": "o"})):
+                    steps, values = _series(run[split], key)
+                    if steps:
+                        acc_ax.plot([s * scale for s in steps], values, color=color, linestyle=styles[j % len(styles)],
+                                    label=f"{run['name']} {split} {key}", **style)
     for row, xlabel in enumerate(["optimizer steps", "training tokens"]):
         axes[row][0].set(xlabel=xlabel, ylabel="loss", title=f"loss (train line, valid dots) vs {xlabel}")
-        axes[row][1].set(xlabel=xlabel, ylabel="accuracy",
-                         title=f"accuracy vs {xlabel} ({'valid' if any(r['valid'] for r in runs) else 'train'})")
+        axes[row][1].set(xlabel=xlabel, ylabel="accuracy", title=f"accuracy (train line, valid dots) vs {xlabel}")
         for ax in axes[row]:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:

@@ -51,8 +51,8 @@ class TrainConfig:
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
-    budget_calibration_steps: int = 0    # with a time budget: time this many steps, then keep the steps that fit
-                                         # it (at most `steps`; warm-up scaled alike) so the schedule ends in time
+    budget_calibration_steps: int = 0    # with a time budget: every this many steps, keep the step count that fits
+                                         # it at the pace just measured (at most `steps`; warm-up in proportion)
     keep_freed_memory: bool = True       # CPU: glibc keeps freed pages mapped, no page faults each step (train/malloc.py)
 
     def __post_init__(self) -> None:
@@ -340,8 +340,10 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         bar = _progress(progress and info.is_main, tcfg.steps, step)
         tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
         params = [p for p in model.parameters() if p.requires_grad]
-        # a fresh run with a budget to fit: time steps 2 .. calibrate_at (step 1 warms up)
-        calibrate_at = 1 + tcfg.budget_calibration_steps if tcfg.time_budget_minutes and step == 0 else 0
+        # a fresh run with a budget to fit: every `budget_calibration_steps` steps after the first (which warms
+        # up), the steps of the last window give the pace, and the step count becomes what fits (at most `cap`)
+        refit_every = tcfg.budget_calibration_steps if tcfg.time_budget_minutes and step == 0 else 0
+        cap, warmup_share, window, said = tcfg.steps, tcfg.warmup_steps / tcfg.steps, (1, 0.0), 0
         while step < tcfg.steps:
             micro_batches = (next(loader) for _ in range(tcfg.grad_accum))
             result = train_step(model, optimizer, micro_batches, autocast, info, params, tcfg.clip_norm)
@@ -362,16 +364,19 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
 
             elapsed = time.perf_counter() - t0
             if step == 1:
-                warm = elapsed
-            if calibrate_at > 1 and step == calibrate_at:
-                scheduler = _fit_to_budget(cfg, step, elapsed, (elapsed - warm) / (step - 1), optimizer, info)
+                window = (1, elapsed)
+            elif refit_every and (step - 1) % refit_every == 0:
+                step_s = (elapsed - window[1]) / (step - window[0])
+                scheduler = _fit_to_budget(cfg, step, elapsed, step_s, cap, warmup_share, optimizer, info)
+                window = (step, elapsed)
                 if bar is not None:
-                    bar.total = tcfg.steps
-                    bar.refresh()
+                    bar.total = tcfg.steps                      # shown at the bar's next update
                 if info.is_main:
                     _write_config(run_dir, cfg)
-                _say(bar, info, f"step {step}: {tcfg.steps} steps fit the {tcfg.time_budget_minutes:g}-minute budget "
-                                f"here (warm-up {tcfg.warmup_steps})")
+                if abs(tcfg.steps - said) > 0.1 * said:         # the first fit, and then large changes only
+                    said = tcfg.steps
+                    _say(bar, info, f"step {step}: {said} steps fit the {tcfg.time_budget_minutes:g}-minute budget "
+                                    f"at {step_s:.2f} s a step (warm-up {tcfg.warmup_steps})")
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 record = {"split": "train", "step": step, "tokens": step * result.tokens, "loss": loss,
                           "lr": scheduler.get_last_lr()[0],
@@ -406,18 +411,18 @@ def _write_config(run_dir: Path, cfg) -> None:
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
-def _fit_to_budget(cfg, step: int, elapsed: float, step_s: float, optimizer, info):
-    """Set cfg.train.steps (and warm-up, in proportion) to what fits the time budget at `step_s` seconds
-    a step (the main rank's clock decides for all) and return the scheduler for it, at `step`."""
+def _fit_to_budget(cfg, step: int, elapsed: float, step_s: float, cap: int, warmup_share: float, optimizer, info):
+    """Set cfg.train.steps to what fits the time budget at `step_s` seconds a step (at most `cap`; the main
+    rank's clock decides for all) and warm-up to `warmup_share` of it; returns the scheduler for that
+    schedule, continued at `step`."""
     from . import parallel
     from .optim import build_scheduler
     tcfg = cfg.train
-    fitted = fit_steps_to_budget(step, elapsed, step_s, 60 * tcfg.time_budget_minutes, tcfg.steps,
+    fitted = fit_steps_to_budget(step, elapsed, step_s, 60 * tcfg.time_budget_minutes, cap,
                                  eval_s=tcfg.eval_batches * step_s / 3, eval_every=tcfg.eval_every)
     flag = torch.tensor([float(fitted if info.is_main else 0)], device=info.device)
-    fitted = int(parallel.all_reduce_sum(flag).item())
-    tcfg.warmup_steps = max(1, round(tcfg.warmup_steps * fitted / tcfg.steps))
-    tcfg.steps = fitted
+    tcfg.steps = int(parallel.all_reduce_sum(flag).item())
+    tcfg.warmup_steps = max(1, round(warmup_share * tcfg.steps))
     return build_scheduler(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule, tcfg.min_lr_ratio, last_step=step)
 
 

@@ -80,7 +80,7 @@ def start_summary(cfg, data_dir: Path, run_dir: Path, encoder, device, store, va
                 + (f" x {tcfg.grad_accum} accumulated" if tcfg.grad_accum > 1 else "")
                 + f", lr {tcfg.lr:g} ({tcfg.warmup_steps} warm-up steps, {tcfg.schedule} decay)")
     if tcfg.time_budget_minutes:
-        schedule += (f"; after {tcfg.budget_calibration_steps} steps fitted to a {tcfg.time_budget_minutes:g}-minute "
+        schedule += (f"; refitted every {tcfg.budget_calibration_steps} steps to a {tcfg.time_budget_minutes:g}-minute "
                      "budget" if tcfg.budget_calibration_steps else f"; stops after {tcfg.time_budget_minutes:g} minutes")
     return "\n".join([
         f"unimask pretrain: {cfg.objective_name} into {run_dir}",
@@ -110,6 +110,9 @@ def end_summary(record: dict, store, valid_store, steps: int, minutes: float, ru
             unigram = f"; knowing only token frequencies gives {baseline.cross_entropy:.2f}" if baseline else ""
             lines.append(f"    masked-token cross-entropy {ce:.3f} nats = perplexity {math.exp(min(ce, 50)):.1f}"
                          f"{unigram}")
+            if baseline and ce >= baseline.cross_entropy:
+                lines.append("    not past token frequencies yet: a longer run uses the context, e.g. the same command "
+                             "with --out runs/longer --set train.time_budget_minutes=20 (or more train.steps)")
     for key, value in record.items():
         meaning = MASKED_TOKEN_ACCURACIES.get(key) or OTHER_ACCURACIES.get(key)
         if meaning and isinstance(value, float):
