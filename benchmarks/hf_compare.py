@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from unimask import bench
+from unimask.cli import bench_common_arguments
 from unimask.train.malloc import keep_freed_memory_on
 from unimask.objectives import ObjectiveOutput
 
@@ -102,7 +103,7 @@ def paired_ratio(ours: list[float], theirs: list[float], block: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench.add_common_arguments(p)
+    bench_common_arguments(p)
     p.add_argument("--block", type=int, default=1, help="consecutive timed steps per engine per turn")
     p.add_argument("--first", choices=["unimask", "transformers"], default="transformers",
                    help="which engine runs the first block")
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     info = bench.device_info(args.device)
+    args.dtype = bench.dtype_that_runs(args.dtype, info.device)
     kept = keep_freed_memory_on(info.device, args.keep_freed_memory)
     bench.wait_until_quiet(args.quiet_wait)
     bench.measure_peak_tflops(bench.DTYPES[args.dtype], info.device)

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from unimask import bench
+from unimask.cli import bench_common_arguments
 from unimask.objectives import ObjectiveOutput
 from unimask.objectives.electra import ElectraConfig as UnimaskElectraConfig
 from unimask.objectives.electra import generator_shape, replace_tokens, sample_rows
@@ -140,7 +141,7 @@ def paired_ratio(slow: list[float], fast: list[float], block: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench.add_common_arguments(p)
+    bench_common_arguments(p)
     p.add_argument("--block", type=int, default=1, help="consecutive timed steps per engine per turn")
     p.add_argument("--first", choices=["unimask", "transformers"], default="transformers",
                    help="which engine runs the first block")
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     info = bench.device_info(args.device)
+    args.dtype = bench.dtype_that_runs(args.dtype, info.device)
     bench.wait_until_quiet(args.quiet_wait)
     ours = bench.build_engine("electra", args.size, args.batch, args.seq, args.warmup + args.steps,
                               args.dtype, args.vocab, info, args.seed)

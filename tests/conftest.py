@@ -17,7 +17,8 @@ def shared_data(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test when the clone has no ../shared beside it."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is not present (../shared/data is only beside the repository in CI)")
+        pytest.skip(f"{path} is not present: real data is read from ../shared/data beside the repository "
+                    "(README, Tests, says where each file comes from)")
     return path
 
 

@@ -19,6 +19,7 @@ KEYS = {"objective", "size", "batch", "seq", "dtype", "tokens_per_s", "tokens_pe
         "achieved_tflops", "peak_tflops", "mfu"}
 
 
+@pytest.mark.slow
 def test_bench_prints_one_sane_json_line(capsys):
     assert cli.main(["bench", "--objective", "mlm", "--size", "tiny", "--vocab", "1000", "--batch", "4",
                      "--seq", "32", "--steps", "2", "--warmup", "1", "--dtype", "fp32", "--device", "cpu"]) == 0
@@ -106,6 +107,7 @@ def test_objective_flops_count_their_auxiliary_networks():
     assert abs(coco.train_flops_per_token(T, f) - expected) < 1e-6 * expected
 
 
+@pytest.mark.slow
 def test_bench_set_configures_the_objective(capsys):
     args = ["bench", "--objective", "maelm", "--size", "tiny", "--vocab", "1000", "--batch", "2", "--seq", "32",
             "--steps", "1", "--warmup", "0", "--dtype", "fp32", "--device", "cpu"]
@@ -121,6 +123,7 @@ def test_bench_set_configures_the_objective(capsys):
     assert cli.main([*args, "--set", "train.lr=1"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_against_prints_both_engines_and_a_ratio(capsys):
     assert cli.main(["bench", "--objective", "pmlm", "--against", "mlm", "--size", "tiny", "--vocab", "1000",
                      "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "0", "--dtype", "fp32",
@@ -151,3 +154,26 @@ def test_bench_compare_compile_times_both_and_reports_the_compile_time(capsys, m
     assert ratio["compile_s"] == pytest.approx(first["first_step_ms"] / 1e3 - first["step_ms_median"] / 1e3, abs=0.02)
     with pytest.raises(SystemExit):                               # one second engine at a time
         cli.main(["bench", "--compare-compile", "--against", "mlm"])
+def test_bf16_on_a_cpu_without_bf16_times_fp32_against_the_fp32_peak(capsys, monkeypatch):
+    """Issue 21: one warning line, the record says what ran, and MFU is against the fp32 peak."""
+    from unimask import bench, runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)         # the capability check
+    peaks = []
+    real_peak = bench.measure_peak_tflops
+    monkeypatch.setattr(bench, "measure_peak_tflops", lambda dtype, device: peaks.append(dtype) or
+                        real_peak(dtype, device, n=256, reps=1))
+    assert cli.main(["bench", "--size", "tiny", "--vocab", "1000", "--batch", "2", "--seq", "16", "--steps", "1",
+                     "--warmup", "0", "--dtype", "bf16", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "no bf16 instructions" in warnings[0] and "fp32" in warnings[0]
+    rec = json.loads(out)
+    assert (rec["dtype"], rec["dtype_requested"]) == ("fp32", "bf16")
+    assert peaks and set(peaks) == {torch.float32}
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)          # a CPU with bf16: as asked
+    assert cli.main(["bench", "--size", "tiny", "--vocab", "1000", "--batch", "2", "--seq", "16", "--steps", "1",
+                     "--warmup", "0", "--dtype", "bf16", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and json.loads(out)["dtype"] == "bf16" and "dtype_requested" not in json.loads(out)
+    assert peaks[-1] == torch.bfloat16

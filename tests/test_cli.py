@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import tiny_run_config
 from test_train import overrides
-from unimask.cli import main
+from unimask import __version__
+from unimask.cli import COMMANDS, main
+from unimask.recipes import RECIPES
 from unimask.train import checkpoint as ckpt
 
 
@@ -68,6 +73,68 @@ def test_help(capsys, argv, expect):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: unimask") and expect in out
+
+
+def test_help_version_and_recipes_answer_without_importing_torch():
+    """Issue 21: arguments are parsed before torch is imported, so every `--help` answers at once."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    script = f"""
+import sys
+sys.path.insert(0, {str(src)!r})
+from unimask.cli import COMMANDS, main
+for argv in [["--version"], ["pretrain", "--list-recipes"], ["analyze", "rank", "--help"]] + [[c, "--help"] for c in COMMANDS]:
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code == 0, (argv, e.code)
+    print("=== torch imported after", argv, "=", "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("=== torch imported after") == len(COMMANDS) + 3
+    assert "= True" not in done.stdout, done.stdout
+
+
+def test_version_list_recipes_and_defaults_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"unimask {__version__}"
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--list-recipes"])
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listing] == list(RECIPES)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in listing)               # a description on each
+    assert "demo" in listing[0] and "5 minutes" in listing[0]
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for shown in ("--epochs EPOCHS passes over the training data (fractions allowed) (default: 3.0)",
+                  "(default: 0.0001)", "--batch-size BATCH_SIZE training examples per step (default: 32)",
+                  "--beam BEAM beam size (1 = greedy) (default: 5)", "--precision {auto,fp32,bf16}"):
+        assert shown in out
+
+
+def test_an_unknown_flag_names_the_subcommand(capsys):
+    """`finetune --resume` is argparse's error, but from `unimask finetune`, not a bare `unimask`."""
+    with pytest.raises(SystemExit) as info:
+        main(["finetune", "--checkpoint", "x", "--task", "sst2", "--resume"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "unimask finetune: error: unrecognized arguments: --resume; see unimask finetune --help"
+    with pytest.raises(SystemExit):
+        main(["finetune", "--checkpoint", "x", "--task", "sst2", "--max-lenght", "64"])
+    assert "(did you mean --max-length?)" in capsys.readouterr().err
+
+
+def test_old_flag_names_still_work_with_a_warning(capsys):
+    """Generated tokens are --max-new-tokens everywhere; the old names store into it and say so."""
+    from unimask.cli import build_parser
+    cases = {"finetune": (["--task", "seq2seq"], "--max-gen-length"), "generate": (["--input", "-"], "--max-length"),
+             "predict": (["--input", "-"], "--max-length")}
+    for command, (needed, old) in cases.items():
+        args = build_parser(command).parse_args([command, "--checkpoint", "x", *needed, old, "7"])
+        assert args.max_new_tokens == 7
+        assert f"warning: {old} is deprecated and will go; use --max-new-tokens" in capsys.readouterr().err
 
 
 def test_pretrain_runs_and_writes_a_checkpoint(kjv_data, tmp_path, capsys):

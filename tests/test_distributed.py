@@ -26,6 +26,7 @@ def run(args: list[str], nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,objective", [("ddp", "mlm"), ("fsdp", "mlm"), ("fsdp", "pmlm")])
 def test_two_processes_match_one_with_double_accumulation(kjv_data, tmp_path, strategy, objective):
     """PMLM under FSDP: its encoder runs in two calls through `Block.step` (objectives/pmlm.py)."""

@@ -6,7 +6,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import argparse
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 transformers = pytest.importorskip("transformers")
 
+from unimask.cli import main  # noqa: E402
 from unimask.errors import UserError
 from unimask.train.checkpoint import save_checkpoint  # noqa: E402
 from unimask.export import hf  # noqa: E402
@@ -231,9 +231,7 @@ def test_load_encoder_and_export_checkpoint(tmp_path: Path, capsys) -> None:
     ids = torch.randint(5, 120, (2, 9))
     with torch.no_grad():
         assert torch.equal(encoder(ids), model.encoder(ids))
-    parser = argparse.ArgumentParser()
-    hf.add_arguments(parser)
-    assert hf.run(parser.parse_args([str(run_dir), "--out", str(tmp_path / "remote")])) == 0  # pre-LN: remote code
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "remote")]) == 0  # pre-LN: remote code
     assert "wrote UnimaskForMaskedLM" in capsys.readouterr().out
     remote = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "remote", trust_remote_code=True).eval()
     with torch.no_grad():
@@ -243,7 +241,7 @@ def test_load_encoder_and_export_checkpoint(tmp_path: Path, capsys) -> None:
 
     good = pretrain_model(tiny_config(), seed=2)
     checkpoint = write_checkpoint(tmp_path / "ckpt", good)
-    assert hf.run(parser.parse_args(["--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "hf")])) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert "BertForMaskedLM" in capsys.readouterr().out
     bert = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(5, 120, (2, 9))
@@ -255,14 +253,15 @@ def test_load_encoder_and_export_checkpoint(tmp_path: Path, capsys) -> None:
 
 def test_other_objective_exports_encoder_only(tmp_path: Path, capsys) -> None:
     checkpoint = write_checkpoint(tmp_path / "run", pretrain_model(tiny_config()), objective="electra")
-    parser = argparse.ArgumentParser()
-    hf.add_arguments(parser)
-    assert hf.run(parser.parse_args([str(tmp_path / "run"), "--out", str(tmp_path / "hf")])) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["BertModel"]
     bert, info = transformers.AutoModel.from_pretrained(tmp_path / "hf", output_loading_info=True,
                                                         add_pooling_layer=False)
     assert {k: v for k, v in info.items() if v} == {}
-    assert "wrote BertModel" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote BertModel" in printed and 'AutoModel.from_pretrained(' in printed
+    assert printed.rstrip().endswith(", add_pooling_layer=False)")             # the hint loads without warnings
+    assert "add_pooling_layer=False" in (tmp_path / "hf" / "README.md").read_text()
 
 
 def test_refuses_mismatched_checkpoint(tmp_path: Path) -> None:

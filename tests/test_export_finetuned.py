@@ -50,6 +50,7 @@ def test_classifier_pipeline_gives_predicts_labels_and_probabilities(classifier,
     assert [r[header.index("prediction")] for r in rows] == [max(r, key=lambda d: d["score"])["label"] for r in results]
 
 
+@pytest.mark.slow
 def test_pair_regression_pipeline_gives_predicts_targets(kjv_data, tmp_path: Path, capsys) -> None:
     from transformers import pipeline
 

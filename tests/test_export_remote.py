@@ -7,7 +7,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import argparse
 import ast
 import json
 import subprocess
@@ -23,6 +22,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from test_export import perturbed, tiny_config, write_checkpoint  # noqa: E402
+from unimask.cli import main  # noqa: E402
 from unimask.errors import UserError  # noqa: E402
 from unimask.export import hf, remote  # noqa: E402
 from unimask.export import modeling_unimask  # noqa: E402
@@ -245,6 +245,7 @@ def test_config_json(variant) -> None:
     assert tokenizer.mask_token_id == 4
 
 
+@pytest.mark.slow
 def test_modeling_file_imports_only_torch_and_transformers(maelm_export, tmp_path: Path) -> None:
     """By its imports, and by loading an export in a Python where unimask cannot be imported."""
     tree = ast.parse(remote.MODELING_FILE.read_text())
@@ -308,9 +309,7 @@ def test_bert_compatible_models_stay_bert() -> None:
 
 def test_cli_prints_how_to_load(tmp_path: Path, capsys) -> None:
     write_checkpoint(tmp_path / "run", mlm_model(tiny_config(**MAELM_ENCODER)), objective="electra")
-    parser = argparse.ArgumentParser()
-    hf.add_arguments(parser)
-    assert hf.run(parser.parse_args([str(tmp_path / "run"), "--out", str(tmp_path / "hf")])) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     printed = capsys.readouterr().out
     assert "wrote UnimaskModel" in printed and "AutoModel.from_pretrained(" in printed
     assert "trust_remote_code=True" in printed

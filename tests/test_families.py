@@ -279,6 +279,7 @@ HEAD_PREFIX = {"mlm": ("lm", "objective.head."), "pmlm": ("lm", "objective.head.
 
 @pytest.mark.parametrize("family,objective", [("bert", "mlm"), ("roberta", "mlm"), ("electra", "electra"),
                                               ("bert", "cocolm"), ("roberta", "maelm"), ("bert", "pmlm")])
+@pytest.mark.slow
 def test_pretrain_init(family_dirs, family_data, tmp_path: Path, family: str, objective: str) -> None:
     """(a) the encoder (and a shared head) start as the checkpoint's: one step at lr 1e-12 keeps them;
     (b) more steps train and save; (c) --resume continues the run, not --init."""

@@ -13,7 +13,7 @@ from conftest import keyword_rows, shared_data, tiny_run_config
 from unimask.cli import main
 from unimask.errors import UserError
 from unimask.tasks.base import SpecialIds, collate
-from unimask.tasks.finetune import FinetuneConfig, load_pretrained, parameter_groups, sweep
+from unimask.tasks.finetune import FinetuneConfig, load_pretrained, parameter_groups, summary_lines, sweep
 from unimask.tasks.glue import GLUE, GLUE_DIRS, ClassificationHead, Example, SentenceTask, TableSpec, glue_task, user_task
 from unimask.tasks.metrics import squad_scores
 from unimask.tasks.report import collect, table
@@ -174,6 +174,7 @@ def _keyword_task(tmp_path: Path, pooling: str = "cls") -> SentenceTask:
                      pooling=pooling)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, tmp_path: Path, pooling: str) -> None:
     task = _keyword_task(tmp_path, pooling)
@@ -189,6 +190,15 @@ def test_finetune_learns_a_learnable_task_and_keeps_the_best(checkpoint: Path, t
     assert saved["labels"] == ["no", "yes"] and saved["task_options"] == options
     assert results["task_options"] == options
     assert (tmp_path / "out" / "results.md").read_text().startswith("# classify — tiny")
+    # issue 21: beside the majority-class baseline, and F1 says which class it scores
+    dev = [e.label for e in task.examples("dev")]
+    assert results["baseline"]["dev"] == {"class": "no", "accuracy": pytest.approx(100 * dev.count("no") / len(dev)),
+                                          "f1": 0.0}
+    assert results["notes"] == {"f1": "F1 of the positive class 'yes' (the second class; --labels orders them)"}
+    said = summary_lines(results)
+    assert "; always answering the majority class 'no': accuracy " in said and "positive class 'yes'" in said
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| metric | median | best | majority class (no) |" in md and "f1: F1 of the positive class 'yes'" in md
     # the saved weights reproduce the saved score
     from safetensors.torch import load_file
     state = load_file(str(tmp_path / "out" / "best" / "model.safetensors"))
@@ -360,6 +370,7 @@ def test_squad_end_to_end_on_xquad_split_by_article(checkpoint: Path, tmp_path: 
     assert scores["f1"] == pytest.approx(dev["f1"]["best"]) and scores["exact"] == pytest.approx(dev["exact"]["best"])
 
 
+@pytest.mark.slow
 def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
     """A few steps on the real SST-2 files; the whole dev set is scored."""
     assert main(["finetune", "--checkpoint", str(checkpoint), "--task", "sst2", "--data", str(shared_data("glue", "SST-2")),
@@ -380,6 +391,7 @@ def test_sst2_end_to_end(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
 
 
+@pytest.mark.slow
 def test_an_output_is_never_half_written_nor_silently_replaced(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     """Issue 21: results of an earlier fine-tuning are kept unless --overwrite; an interrupted sweep
     leaves no output directory (everything is written into a hidden sibling renamed at the end)."""

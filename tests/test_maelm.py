@@ -118,6 +118,7 @@ def reference_loss(m: PretrainModel, batch: TokenBatch, masked: torch.Tensor) ->
     return F.cross_entropy(logits, torch.stack(targets), reduction="sum"), len(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_forward_matches_reference_and_never_shows_mask(norm: str):
     m = model(norm=norm, relative_buckets=16, initializer_range=0.3)    # peaked attention: order matters

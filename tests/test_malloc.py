@@ -32,6 +32,7 @@ def _probe(mode: str) -> tuple[bool, int]:
     return kept == "True", int(returned)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc/self/statm")
 def test_freed_memory_stays_mapped_only_when_asked():
     kept, returned = _probe("on")

@@ -323,6 +323,7 @@ def test_word_starts_follow_the_tokenizer_convention(tmp_path, kind, starts):
         assert all(m[b, 1 + t] for t, w in enumerate(e.word_ids) if w in masked_words), e.tokens
 
 
+@pytest.mark.slow
 def test_whole_word_masking_without_a_word_convention_is_a_user_error(tmp_path, capsys):
     from unimask import cli
     from unimask.errors import UserError

@@ -278,6 +278,7 @@ def reference_states(enc: Encoder, pieces: list[tuple[torch.Tensor, torch.Tensor
     return [enc.final_norm(s) if enc.final_norm is not None else s for s in states]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_one_pass_equals_step_by_step_reference(norm: str):
     """The PAR hidden states and logits at every block's [P] slots (and the originals' states) equal
@@ -471,6 +472,7 @@ def test_config_validation_registry_and_recipes():
 
 # ---- end to end ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(kjv_data: Path, tmp_path: Path):
     cfg = tiny_run_config(kjv_data, steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=40, eval_batches=2)
     cfg.objective_name, cfg.objective = "pmlm", PMLMConfig()

@@ -6,6 +6,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import shutil
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -598,7 +599,8 @@ def test_cli_arguments_and_run(tmp_path, corpus, capsys):
          "--min-frequency", "1", "--valid-fraction", "0.2", "--doc-split", "line"]
     )
     assert prep.run(args) == 0
-    assert "train" in capsys.readouterr().out.strip().splitlines()[-1]
+    said = capsys.readouterr().out.strip().splitlines()
+    assert "train" in said[-2] and said[-1].startswith(f"next: unimask pretrain --recipe mlm_mini --data {out}")
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert config == {
         "vocab_size": 150, "lowercase": False, "min_frequency": 1, "text_field": "text",
@@ -606,6 +608,24 @@ def test_cli_arguments_and_run(tmp_path, corpus, capsys):
     }
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", str(out)])
+
+
+def test_a_directory_stands_for_its_text_files(tmp_path, corpus):
+    """Issue 21: `--text DIR/` reads the .txt / .txt.gz / .jsonl / .jsonl.gz files below DIR (not hidden ones)."""
+    texts = tmp_path / "texts"
+    (texts / "more").mkdir(parents=True)
+    (texts / ".hidden").mkdir()
+    shutil.copyfile(corpus[0], texts / "b.txt")
+    write_text(texts / "more" / "a.txt", make_docs(10, seed=1))
+    for ignored in (texts / "notes.md", texts / ".hidden" / "c.txt"):
+        ignored.write_text("not read\n")
+    m = prepare([texts], tmp_path / "out", small_cfg(), log=quiet)
+    assert [s["path"] for s in m["sources"]] == [str(texts / "b.txt"), str(texts / "more" / "a.txt")]
+    again = prepare([texts / "b.txt", str(texts) + "/"], tmp_path / "out2", small_cfg(), log=quiet)["sources"]
+    assert [s["path"] for s in again] == [s["path"] for s in m["sources"]]          # b.txt named twice, read once
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a directory without .txt, .txt.gz, .jsonl or .jsonl.gz files"):
+        prepare([tmp_path / "empty"], tmp_path / "out3", small_cfg(), log=quiet)
 
 
 def test_real_enwiki_slice(tmp_path):

@@ -60,6 +60,7 @@ def _features(root: Path, split: str, max_length: int = 32):
     return pretrained, task, feats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_layer_features_are_embeddings_then_blocks_then_the_encoder_output(files: Path, norm: str):
     """(b) layer 0 = the embedding output, the last = `encoder(...)`; (c) mean pooling ignores padding:
@@ -111,6 +112,7 @@ def test_fit_probe_is_scikit_learn_by_hand():
     assert fitted.converged
 
 
+@pytest.mark.slow
 def test_probe_dev_accuracy_equals_scikit_learn_on_hooked_features(files: Path):
     """(a) the command's dev accuracy for every layer and pooling = scikit-learn fitted by hand with its C
     on features caught one text at a time by forward hooks (within one example: see below)."""
@@ -147,8 +149,12 @@ def test_probe_dev_accuracy_equals_scikit_learn_on_hooked_features(files: Path):
     md = (out / "probe.md").read_text()
     assert "| layer | cls accuracy | cls f1 | mean accuracy | mean f1 |" in md
     assert len([line for line in md.splitlines() if line.startswith("| 2 |")]) == 2
+    base = result["baseline"]["dev"]                      # issue 21: beside the majority class, F1's class named
+    assert base["class"] in result["labels"] and f"| majority class ({base['class']}) | {base['accuracy']:.2f} |" in md
+    assert f"f1: F1 of the positive class {result['labels'][1]!r}" in md
 
 
+@pytest.mark.slow
 def test_probe_on_glue_sst2(files: Path, capsys):
     """(d) SST-2 from the shared GLUE folder with 200 training sentences writes probe.json and probe.md."""
     data = shared_data("glue", "SST-2")

@@ -4,6 +4,7 @@ toy distributions, the scorers, and `unimask finetune --task seq2seq` + `unimask
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -432,7 +433,8 @@ def checkpoint(kjv_data, tmp_path_factory) -> Path:
     return run
 
 
-def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_path: Path, capsys):
+@pytest.mark.slow
+def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_path: Path, capsys, monkeypatch):
     src, tgt = shared_data("qg", "src-dev.txt"), shared_data("qg", "tgt-dev.txt")
     lines = {name: path.read_text().splitlines() for name, path in (("src", src), ("tgt", tgt))}
     for split, part in (("train", slice(0, 64)), ("dev", slice(64, 72)), ("test", slice(72, 76))):
@@ -476,10 +478,16 @@ def test_finetune_then_generate_on_question_generation(checkpoint: Path, tmp_pat
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in
                                               zip(lines["src"][72:74], lines["tgt"][72:74])))
     assert main(["generate", "--checkpoint", str(out / "best"), "--input", str(tmp_path / "in.jsonl"),
-                 "--beam", "1", "--max-length", "5"]) == 0
+                 "--beam", "1", "--max-new-tokens", "5"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 2 and "bleu4" in captured.err
     assert all(len(line.split()) <= 5 for line in captured.out.splitlines())
+    # the old name of --max-new-tokens still works, with a warning; `--input -` reads standard input
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines["src"][72:74])))
+    assert main(["generate", "--checkpoint", str(out / "best"), "--input", "-", "--beam", "1", "--max-length", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "--max-length is deprecated and will go; use --max-new-tokens" in captured.err
+    assert len(captured.out.splitlines()) == 2 and all(len(line.split()) <= 2 for line in captured.out.splitlines())
     assert main(["generate", "--checkpoint", str(out), "--input", str(tmp_path / "src-test.txt"),
                  "--references", str(tmp_path / "tgt-dev.txt")]) == 2
     assert "line-aligned" in capsys.readouterr().err

@@ -286,33 +286,3 @@ def run_rank(args: argparse.Namespace) -> int:
               f"erank real {last['real']['erank']:.1f} / clean {last['clean']['erank']:.1f}")
     print(f"wrote {out / 'rank.json'}, {out / 'rank.md'} and {out / 'rank.png'}")
     return 0
-
-
-def _rank_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint) or checkpoints")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="a prepared data directory whose valid split is read (default: each run's data.path)")
-    p.add_argument("--out", default="rank_analysis", metavar="DIR", help="output directory (default %(default)s)")
-    p.add_argument("--batches", type=int, default=8, help="held-out batches per run (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="blocks per batch (default %(default)s)")
-    p.add_argument("--mask-prob", type=float, default=0.15, help="fraction of tokens shown as [MASK]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the [MASK] positions")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-
-
-ANALYSES = {
-    # name: (help, add_arguments, run)
-    "rank": ("per-layer effective rank of real-token and [MASK] representations (Meng et al. 2023)",
-             _rank_arguments, run_rank),
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register `unimask analyze ANALYSIS ...` on `parser`."""
-    sub = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-    for name, (help_text, add, _) in ANALYSES.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
-
-
-def run(args: argparse.Namespace) -> int:
-    return ANALYSES[args.analysis][2](args)

@@ -350,49 +350,16 @@ def compile_seconds(e: Engine) -> float:
 
 # ---- CLI ------------------------------------------------------------------------------------------
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    from .model.sizes import ENCODER_SIZES
-    p.add_argument("--size", choices=list(ENCODER_SIZES), default="small", help="encoder size preset")
-    p.add_argument("--batch", type=int, default=32, help="sequences per step")
-    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16",
-                   help="fp32: no autocast; bf16: the trainer's bf16 autocast")
-    p.add_argument("--vocab", type=int, default=30522, help="vocabulary size")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="on the CPU, glibc keeps freed memory mapped (no page faults on reuse) as the trainer "
-                        "does by default (train.keep_freed_memory; see train/malloc.py)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
-                   help="before each timed block, wait up to SECONDS until other processes leave the CPUs "
-                        "idle (shared machines; 0: never wait)")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .objectives import OBJECTIVES
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="mlm")
-    add_common_arguments(p)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each Transformer block, as train.compile=true does")
-    p.add_argument("--attention", choices=["auto", "sdpa", "flex"], default="auto",
-                   help="the attention kernel, as train.attention (auto: flex_attention for a relative bias or "
-                        "a layout on CUDA, SDPA otherwise)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model.* or objective.* field, e.g. --set objective.decoder_layers=2")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--against", choices=sorted(OBJECTIVES), default=None,
-                       help="also time this objective (same encoder, model.* overrides) interleaved with the first "
-                            "and print a step-cost ratio line, e.g. --objective pmlm --against mlm")
-    again.add_argument("--compare-compile", action="store_true",
-                       help="time the objective with compile on and off, interleaved, and print a ratio line "
-                            "(compiled step / eager step) with the compile time: the compiled engine's first step "
-                            "minus its median step")
-
-
 def check_arguments(args: argparse.Namespace) -> None:
+    import difflib
+
     from .errors import UserError
+    from .objectives import OBJECTIVES
+    for flag, name in (("--objective", getattr(args, "objective", None)), ("--against", getattr(args, "against", None))):
+        if name is not None and name not in OBJECTIVES:
+            near = difflib.get_close_matches(name, OBJECTIVES, 1)
+            raise UserError(f"{flag} {name}: no such objective{f' (did you mean {near[0]}?)' if near else ''}; "
+                            f"choose one of {', '.join(OBJECTIVES)}")
     for name in ("batch", "seq", "steps"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
@@ -404,9 +371,21 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError("--vocab must be at least 16")
 
 
+def dtype_that_runs(requested: str, device: torch.device) -> str:
+    """`requested`, except bf16 on a CPU without bf16 instructions: torch would convert every bf16 matmul
+    to fp32 there, so fp32 is timed instead (with one warning line) and its MFU is against the fp32 peak."""
+    from .runtime import cpu_has_bf16
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print("warning: --dtype bf16: this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so bf16 "
+              "would only be emulated; timing fp32 instead, MFU against the fp32 peak", file=sys.stderr)
+        return "fp32"
+    return requested
+
+
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     info = device_info(args.device)
+    requested, args.dtype = args.dtype, dtype_that_runs(args.dtype, info.device)
     kept = keep_freed_memory_on(info.device, args.keep_freed_memory)
     wait_until_quiet(args.quiet_wait)
     measure_peak_tflops(DTYPES[args.dtype], info.device)
@@ -435,6 +414,8 @@ def run(args: argparse.Namespace) -> int:
         del rec["engine"]
         rec["keep_freed_memory"] = kept
         rec["compile"] = args.compile or (args.compare_compile and i == 0)
+        if requested != args.dtype:
+            rec["dtype_requested"] = requested
         if args.quiet_wait > 0:
             rec["quiet_steps"] = rounds["quiet_rounds"]
         print(json.dumps({"objective": name, "size": args.size, **(extra if i == 0 else {}), **rec}), flush=True)

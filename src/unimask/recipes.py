@@ -1,39 +1,55 @@
-"""Recipes: plain Python functions returning a RunConfig. `unimask pretrain --recipe NAME`."""
+"""Recipes: plain Python functions returning a RunConfig. `unimask pretrain --recipe NAME`.
+
+The first line of each recipe's docstring is its description (`unimask pretrain --list-recipes`). The
+config classes are imported when a recipe is called, so listing recipes and `--help` need no torch.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .config import RunConfig, sized
-from .data.loader import DataConfig
-from .objectives.cocolm import CocoLMConfig
-from .objectives.electra import ElectraConfig
-from .objectives.maelm import MAELMConfig
-from .objectives.mlm import MLMConfig
-from .objectives.pmlm import PMLMConfig
-from .train.loop import TrainConfig
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+DEMO_MINUTES = 4.5
+"""The default job's training budget: its step count is fitted to it on the machine it runs on, so the
+whole job (first-time data preparation, start-up, the final evaluation) takes about 5 minutes."""
+
+
+def run_config(objective_name: str, size: str, steps: int, batch_size: int, lr: float, warmup_steps: int,
+               seq_len: int = 128, grad_accum: int = 1, model: dict[str, Any] | None = None,
+               objective: dict[str, Any] | None = None, **train: Any) -> RunConfig:
+    """A RunConfig of `objective_name` at `size`; `model` / `objective` / `train` change their fields."""
+    from .config import RunConfig, sized
+    from .data.loader import DataConfig
+    from .objectives import OBJECTIVES
+    from .train.loop import TrainConfig
+
+    return RunConfig(
+        objective_name=objective_name, size=size, model=sized(size, **(model or {})),
+        objective=OBJECTIVES[objective_name].Config(**(objective or {})), data=DataConfig(seq_len=seq_len),
+        train=TrainConfig(**{"eval_every": 1000, "save_every": 1000, **train}, steps=steps, batch_size=batch_size,
+                          grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps),
+    )
 
 
 def demo() -> RunConfig:
-    """The default: a mini MLM on the built-in King James Bible, a few minutes on 2 CPU cores."""
-    return RunConfig(
-        objective_name="mlm", size="mini", model=sized("mini"), objective=MLMConfig(),
-        data=DataConfig(seq_len=128),
-        train=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=60, log_every=10,
-                          eval_every=200, eval_batches=10, save_every=200),
-    )
+    """The default job: a mini MLM on the built-in King James Bible, fitted to about 5 minutes anywhere.
+
+    At most 600 steps of 32 x 128 tokens; after 20 steps the run measures its speed and keeps the steps
+    that fit DEMO_MINUTES (train.budget_calibration_steps), with warm-up and decay scaled to them, so a
+    CPU without bf16 (about half the speed) trains fewer steps in the same time instead of twice as long.
+    """
+    return run_config("mlm", "mini", steps=600, batch_size=32, lr=1e-3, warmup_steps=60, log_every=10,
+                      eval_every=50, eval_batches=4, save_every=200, time_budget_minutes=DEMO_MINUTES,
+                      budget_calibration_steps=20)     # 4 x 32 blocks: the whole held-out split
 
 
 def mlm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, seq_len: int = 128,
         grad_accum: int = 1) -> Callable[[], RunConfig]:
     def recipe() -> RunConfig:
-        return RunConfig(
-            objective_name="mlm", size=size, model=sized(size), objective=MLMConfig(),
-            data=DataConfig(seq_len=seq_len),
-            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                              warmup_steps=warmup_steps, eval_every=1000, save_every=1000),
-        )
-    recipe.__doc__ = f"MLM, {size} encoder, {steps} steps of {batch_size}x{grad_accum} x {seq_len} tokens."
+        return run_config("mlm", size, steps, batch_size, lr, warmup_steps, seq_len, grad_accum)
+    recipe.__doc__ = f"MLM, {size} encoder, {_schedule(steps, batch_size, grad_accum, seq_len)}."
     return recipe
 
 
@@ -42,14 +58,9 @@ def maelm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, 
     """MAE-LM (Meng et al. 2023) with the schedule of the mlm_* recipe of the same size, so the two
     compare at equal data and steps; the decoder has the official 4 layers at the encoder's width."""
     def recipe() -> RunConfig:
-        return RunConfig(
-            objective_name="maelm", size=size, model=sized(size), objective=MAELMConfig(),
-            data=DataConfig(seq_len=seq_len),
-            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                              warmup_steps=warmup_steps, eval_every=1000, save_every=1000),
-        )
-    recipe.__doc__ = (f"MAE-LM, {size} encoder + 4-layer decoder, {steps} steps of "
-                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+        return run_config("maelm", size, steps, batch_size, lr, warmup_steps, seq_len, grad_accum)
+    recipe.__doc__ = (f"MAE-LM, {size} encoder + 4-layer decoder, "
+                      f"{_schedule(steps, batch_size, grad_accum, seq_len)}.")
     return recipe
 
 
@@ -61,16 +72,10 @@ def cocolm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int,
     12-layer base, 2 under its 12 x 256 "cocolm_small"; 1 here under the 4-layer mini/small, about
     the base's 1/3 of the depth), copy weight 50, SCL weight 1 and temperature 1, 15% all-[MASK]."""
     def recipe() -> RunConfig:
-        return RunConfig(
-            objective_name="cocolm", size=size,
-            model=sized(size, relative_buckets=32, relative_max_distance=128),
-            objective=CocoLMConfig(generator_layers=generator_layers),
-            data=DataConfig(seq_len=seq_len),
-            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                              warmup_steps=warmup_steps, eval_every=1000, save_every=1000),
-        )
-    recipe.__doc__ = (f"COCO-LM, {size} encoder + {generator_layers}-layer generator, {steps} steps of "
-                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+        return run_config("cocolm", size, steps, batch_size, lr, warmup_steps, seq_len, grad_accum,
+                          model=RELATIVE_BIAS, objective={"generator_layers": generator_layers})
+    recipe.__doc__ = (f"COCO-LM, {size} encoder + {generator_layers}-layer generator, "
+                      f"{_schedule(steps, batch_size, grad_accum, seq_len)}.")
     return recipe
 
 
@@ -81,16 +86,11 @@ def electra(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int
     after 10k warmup steps, clip 1.0, 15% masked (85% [MASK], 15% kept), generator of
     `generator_hidden_size` at full depth, generator weight 1, RTD weight 50, temperature 1."""
     def recipe() -> RunConfig:
-        return RunConfig(
-            objective_name="electra", size=size, model=sized(size),
-            objective=ElectraConfig(generator_hidden_size=generator_hidden_size),
-            data=DataConfig(seq_len=seq_len),
-            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, beta2=0.999,
-                              adam_eps=1e-6, weight_decay=0.01, warmup_steps=warmup_steps,
-                              eval_every=1000, save_every=1000),
-        )
-    recipe.__doc__ = (f"ELECTRA, {size} discriminator + {generator_hidden_size}-wide generator, {steps} steps of "
-                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+        return run_config("electra", size, steps, batch_size, lr, warmup_steps, seq_len, grad_accum,
+                          objective={"generator_hidden_size": generator_hidden_size}, beta2=0.999, adam_eps=1e-6,
+                          weight_decay=0.01)
+    recipe.__doc__ = (f"ELECTRA, {size} discriminator + {generator_hidden_size}-wide generator, "
+                      f"{_schedule(steps, batch_size, grad_accum, seq_len)}.")
     return recipe
 
 
@@ -101,18 +101,26 @@ def pmlm(size: str, steps: int, batch_size: int, lr: float, warmup_steps: int, s
     128 (the paper's relative position bias), Adam(0.9, 0.98, 1e-6) with weight decay 0.01 (the
     paper's pre-training setup), and the schedule of the mlm_* recipe of the same size."""
     def recipe() -> RunConfig:
-        return RunConfig(
-            objective_name="pmlm", size=size,
-            model=sized(size, relative_buckets=32, relative_max_distance=128),
-            objective=PMLMConfig(),
-            data=DataConfig(seq_len=seq_len),
-            train=TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, beta1=0.9,
-                              beta2=0.98, adam_eps=1e-6, weight_decay=0.01, warmup_steps=warmup_steps,
-                              eval_every=1000, save_every=1000),
-        )
-    recipe.__doc__ = (f"UniLMv2 PMLM (AE + PAR), {size} encoder, {steps} steps of "
-                      f"{batch_size}x{grad_accum} x {seq_len} tokens.")
+        return run_config("pmlm", size, steps, batch_size, lr, warmup_steps, seq_len, grad_accum,
+                          model=RELATIVE_BIAS, beta1=0.9, beta2=0.98, adam_eps=1e-6, weight_decay=0.01)
+    recipe.__doc__ = (f"UniLMv2 PMLM (AE + PAR), {size} encoder, "
+                      f"{_schedule(steps, batch_size, grad_accum, seq_len)}.")
     return recipe
+
+
+def _schedule(steps: int, batch_size: int, grad_accum: int, seq_len: int) -> str:
+    """`20,000 steps of 64 x 128 tokens` (with accumulation: `of 32 x 8 x 512 tokens`)."""
+    batch = f"{batch_size} x {grad_accum}" if grad_accum > 1 else f"{batch_size}"
+    return f"{steps:,} steps of {batch} x {seq_len} tokens"
+
+
+RELATIVE_BIAS = {"relative_buckets": 32, "relative_max_distance": 128}
+"""COCO-LM's and UniLMv2's T5-style relative position bias (one table shared by all layers)."""
+
+
+def describe(name: str) -> str:
+    """The one-line description of recipe `name` (its docstring's first line)."""
+    return (RECIPES[name].__doc__ or "").strip().splitlines()[0]
 
 
 RECIPES: dict[str, Callable[[], RunConfig]] = {

@@ -178,10 +178,15 @@ def tensor_bytes(tensors: dict) -> int:
 
 
 def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` (contiguous, on the CPU) to a safetensors file: the one writer of weights."""
+    """Write `tensors` (any device or layout) to a safetensors file with the user's file mode
+    (files.py) and the "pt" format metadata transformers reads: the one writer of weights."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    from .files import user_mode
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+              metadata=metadata or {"format": "pt"})
+    user_mode(path)
 
 
 # ---------------------------------------------------------------- files a directory lists

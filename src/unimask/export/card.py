@@ -22,8 +22,10 @@ def auto_class(architecture: str) -> str:
 
 
 def load_arguments(architecture: str) -> str:
-    """Extra from_pretrained / pipeline arguments: remote code for unimask's own classes."""
-    return ", trust_remote_code=True" if architecture.startswith("Unimask") else ""
+    """Extra from_pretrained / pipeline arguments: remote code for unimask's own classes, and BERT's
+    encoder without a pooler (it was never trained; transformers would add a random one and warn)."""
+    without_pooler = ", add_pooling_layer=False" if architecture == "BertModel" else ""
+    return without_pooler + (", trust_remote_code=True" if architecture.startswith("Unimask") else "")
 
 
 def _architecture(model: dict[str, Any]) -> str:
@@ -52,7 +54,9 @@ def _usage(architecture: str, example: str) -> list[str]:
         lines += ["# the answer: the best span start <= end of context tokens, cut from the context by offsets",
                   "# (or run `unimask predict` on a SQuAD JSON file)"]
     lines += ["```", "", "`PATH` is this directory."]
-    if extra:
+    if "add_pooling_layer" in extra:
+        lines += ["", "`add_pooling_layer=False`: pretraining never trained BERT's pooler, so the directory has none."]
+    if "trust_remote_code" in extra:
         lines += ["", "The encoder has no transformers class of its own (pre-LN, a relative position bias or mean "
                   "pooling), so the directory carries its code, `modeling_unimask.py` (torch and transformers "
                   "only), and loading needs `trust_remote_code=True`."]

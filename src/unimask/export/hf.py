@@ -374,19 +374,6 @@ def export_any(path: str | Path, out: str | Path, overwrite: bool = False, famil
 EXPORTERS = {"hf": export_any}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the `unimask export` options on `parser`."""
-    parser.add_argument("path", nargs="?", metavar="PATH",
-                        help="a run directory (its latest checkpoint), a checkpoint, or a `unimask finetune` output")
-    parser.add_argument("--checkpoint", metavar="PATH", help="the same as PATH")
-    parser.add_argument("--to", choices=sorted(EXPORTERS), default="hf", help="target format (default %(default)s)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                        help="the transformers family to write (default: the one --init came from, else BERT; "
-                             "remote code where none holds the encoder)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `unimask export` from parsed arguments; prints one line saying what was written and how to load it."""
     if args.path and args.checkpoint and Path(args.path) != Path(args.checkpoint):

@@ -65,6 +65,15 @@ class Task:
             return [self.pretrained_head]
         return []
 
+    def baseline(self, train_features: list[dict[str, Any]], features: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The scores of a model that learned nothing from the inputs (classification: always the most
+        frequent training class), to print beside the fine-tuned ones; None where there is none."""
+        return None
+
+    def metric_notes(self) -> dict[str, str]:
+        """metric -> what a reader must know to read it (e.g. which class F1 takes as positive)."""
+        return {}
+
     def options(self) -> dict[str, Any]:
         """Task settings saved with the fine-tuned weights (best/finetune.json "task_options"), for tools
         that use the model afterwards (`unimask generate` reads the seq2seq lengths and decoding)."""

@@ -22,7 +22,7 @@ can be blocked, [SEP] is forbidden before `min_length` tokens and forced after `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
@@ -30,34 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-
-
-@dataclass
-class GenerationConfig:
-    """Beam search settings (fine-tuning flags in brackets)."""
-
-    beam_size: int = field(default=5, metadata={"flag": "--beam", "help": "evaluation beam size (1 = greedy)"})
-    length_penalty: float = field(default=1.0, metadata={   # alpha in score / length ** alpha; 0 = raw log-prob
-        "help": "beam score = log-prob / length ** this"})
-    blocked_ngram_size: int = field(default=3, metadata={   # no n-gram of this size twice in an output
-        "flag": "--no-repeat-ngram", "help": "block repeated n-grams of this size (0: off)"})
-    min_length: int = field(default=1, metadata={"help": "fewest generated tokens before [SEP]"})
-    max_length: int = field(default=0, metadata={           # then [SEP] is forced; 0 = the task's target budget
-        "flag": "--max-gen-length", "dest": "max_gen_length",
-        "help": "most generated tokens (0: --max-target-length - 1)"})
-    kv_cache: bool = field(default=True, metadata={"cli": False})   # reuse keys/values (False: recompute)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.beam_size >= 1, "beam size must be at least 1"),
-            (self.length_penalty >= 0, "length penalty must be >= 0"),
-            (self.blocked_ngram_size >= 0, "the blocked n-gram size must be >= 0 (0 = off)"),
-            (self.min_length >= 0 and self.max_length >= 0, "min and max length must be >= 0"),
-            (self.max_length == 0 or self.max_length >= self.min_length, "max length must be >= min length"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"generation: {message}")
+from .configs import GenerationConfig  # noqa: F401 (re-exported)
 
 
 class DecoderState(Protocol):

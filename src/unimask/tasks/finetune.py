@@ -40,46 +40,7 @@ from ..runtime import autocast_for, resolve_device
 from ..train.malloc import keep_freed_memory_on
 from ..train.optim import build_scheduler
 from .base import SpecialIds, Task, collate
-
-
-@dataclass
-class FinetuneConfig:
-    lrs: tuple[float, ...] = (1e-4,)
-    seeds: tuple[int, ...] = (1,)
-    epochs: float = 3.0
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_length: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    layer_decay: float = 1.0          # lr of layer l = lr * layer_decay ** (depth above l); 1 = off
-    dropout: float = 0.1              # the head's dropout
-    encoder_dropout: float = 0.1      # the encoder's hidden and attention dropout while fine-tuning, whatever
-                                      # pretraining used (BERT's 0.1; Geiping & Goldstein 2022 pretrain without)
-    clip_norm: float = 1.0
-    eval_every: int = 0               # optimizer steps between evaluations; 0 = once per epoch
-    patience: int = 0                 # evaluations without improvement before stopping; 0 = never stop early
-    max_train_examples: int = 0       # 0 = all
-    precision: str = "auto"           # auto | fp32 | bf16
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (all(lr > 0 for lr in self.lrs) and len(self.lrs) > 0, "lrs must be positive"),
-            (len(self.seeds) > 0, "give at least one seed"),
-            (self.epochs > 0, "epochs must be positive"),
-            (self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive"),
-            (self.max_length >= 8, "max_length must be at least 8"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
-            (0 <= self.dropout < 1 and 0 <= self.encoder_dropout < 1, "dropout and encoder_dropout must be in [0, 1)"),
-            (self.eval_every >= 0 and self.patience >= 0 and self.max_train_examples >= 0,
-             "eval_every, patience and max_train_examples must be >= 0"),
-            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"fine-tuning config: {message}")
+from .configs import DEFAULT_MAX_LENGTH, FinetuneConfig
 
 
 def parameter_groups(encoder: Encoder, head: nn.Module, lr: float, weight_decay: float,
@@ -204,9 +165,12 @@ def markdown(results: dict) -> str:
     lines = [f"# {results['task']} — {results['model']}", "", f"source: `{results['source']}`"
              + (f", pooling: {pooling}" if pooling else ""), ""]
     for split, summary in results["summary"].items():
-        lines += [f"## {split}", "", "| metric | median | best |", "|---|---|---|"]
-        lines += [f"| {m} | {v['median']:.2f} | {v['best']:.2f} |" for m, v in summary.items()]
-        lines.append("")
+        base = (results.get("baseline") or {}).get(split)
+        header = f" majority class ({base['class']}) |" if base else ""
+        lines += [f"## {split}", "", f"| metric | median | best |{header}", "|---" * (3 + bool(base)) + "|"]
+        lines += [f"| {m} | {v['median']:.2f} | {v['best']:.2f} |" + (f" {base[m]:.2f} |" if base else "")
+                  for m, v in summary.items()]
+        lines += [f"\n{m}: {note}" for m, note in (results.get("notes") or {}).items()] + [""]
     lines += ["## runs", "", "| lr | seed | best step | " + " | ".join(f"{s} {task_metric}" for s, task_metric in
                                                                       [(s, results["metric"]) for s in results["summary"]])
               + " | seconds |", "|---" * (4 + len(results["summary"])) + "|"]
@@ -313,65 +277,13 @@ def _sweep_into(out: Path, task: Task, pretrained: Pretrained, cfg: FinetuneConf
         "random_init": pretrained.state is None, "config": asdict(cfg), "task_options": task.options(),
         "train_examples": len(train_examples),
         "summary": {split: summarize(runs, split) for split in task.eval_splits},
+        "baseline": {split: task.baseline(data["train"][1], data[split][1]) for split in task.eval_splits},
+        "notes": task.metric_notes(),
         "runs": [asdict(r) for r in runs],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     return results
-
-
-DEFAULT_MAX_LENGTH = {"squad": 384}
-
-
-def add_model_and_data_arguments(p: argparse.ArgumentParser, tasks: list[str], command: str) -> None:
-    """--checkpoint, --task, the data files, --out, --overwrite, --name, --random-init (finetune, probe)."""
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a unimask run directory or checkpoint (any objective), or a transformers BERT, RoBERTa or "
-                        "ELECTRA directory")
-    p.add_argument("--task", required=True, choices=tasks)
-    p.add_argument("--data", metavar="DIR", help="GLUE tasks: the task's folder with train.tsv and dev.tsv")
-    p.add_argument("--train", metavar="FILE", help="classify / regress / squad: the training file; seq2seq: a JSONL file")
-    p.add_argument("--dev", metavar="FILE", help="classify / regress / squad: the evaluation file; seq2seq: a JSONL file")
-    p.add_argument("--out", metavar="DIR", help=f"output directory (default runs/{command}/TASK-MODEL)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
-    p.add_argument("--name", help="the model's name in results and reports (default: the checkpoint's folder)")
-    p.add_argument("--random-init", action="store_true",
-                   help="the checkpoint's architecture and tokenizer with random weights (the no-pretraining baseline)")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from . import tasks
-    from .options import add_config_arguments
-    add_model_and_data_arguments(p, list(tasks()), "finetune")
-    p.add_argument("--train-src", metavar="FILE", help="seq2seq: training sources, one per line")
-    p.add_argument("--train-tgt", metavar="FILE", help="seq2seq: training targets, line-aligned with --train-src")
-    p.add_argument("--dev-src", metavar="FILE", help="seq2seq: evaluation sources, one per line")
-    p.add_argument("--dev-tgt", metavar="FILE", help="seq2seq: evaluation references, line-aligned with --dev-src")
-    d = FinetuneConfig()
-    p.add_argument("--lr", type=float, nargs="+", default=list(d.lrs), help="learning rates to sweep")
-    p.add_argument("--seed", type=int, nargs="+", default=list(d.seeds), help="seeds to sweep")
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per input (default 128; squad 384; seq2seq: source + target tokens)")
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--layer-decay", type=float, default=d.layer_decay, help="layer-wise lr decay factor (1 = off)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="the head's dropout")
-    p.add_argument("--encoder-dropout", type=float, default=d.encoder_dropout,
-                   help="the encoder's hidden and attention dropout while fine-tuning (the checkpoint's is ignored)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: each epoch)")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop a run after this many evaluations without improvement (0: never)")
-    p.add_argument("--max-train-examples", type=int, default=d.max_train_examples, help="use the first N (0: all)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    seen: set[str] = set()
-    configs = list(dict.fromkeys(kind.config for kind in tasks().values()))   # each task config once
-    for config in configs:
-        add_config_arguments(p.add_argument_group(f"{config.__name__} (tasks/{config.__module__.rsplit('.', 1)[-1]}.py)"),
-                             config, seen)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -392,8 +304,22 @@ def run(args: argparse.Namespace) -> int:
     slug = pretrained.name.replace(" ", "_").replace("(", "").replace(")", "")
     out = Path(args.out or f"runs/finetune/{args.task}-{slug}")
     results = sweep(task, pretrained, cfg, out, progress=not args.quiet, overwrite=args.overwrite)
-    for split, summary in results["summary"].items():
-        print(f"{results['task']} {split} ({len(results['runs'])} runs): "
-              + ", ".join(f"{m} median {v['median']:.2f} best {v['best']:.2f}" for m, v in summary.items()))
+    print(summary_lines(results))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'} and the best run's weights in {out / 'best'}")
+    print(f"next: unimask predict --model {out} --input FILE --output predictions (or --glue-submission DIR); "
+          f"unimask export {out} --out hf/{out.name}")
     return 0
+
+
+def summary_lines(results: dict) -> str:
+    """Each eval split's median and best per metric, beside the majority-class baseline where there is one,
+    and what a metric needs said (which class F1 takes as positive)."""
+    lines = []
+    for split, summary in results["summary"].items():
+        base = (results.get("baseline") or {}).get(split)
+        lines.append(f"{results['task']} {split} ({len(results['runs'])} runs): "
+                     + ", ".join(f"{m} median {v['median']:.2f} best {v['best']:.2f}" for m, v in summary.items())
+                     + (f"; always answering the majority class {base['class']!r}: "
+                        + ", ".join(f"{m} {base[m]:.2f}" for m in summary) if base else ""))
+    lines += [f"  {m}: {note}" for m, note in (results.get("notes") or {}).items()]
+    return "\n".join(lines)

@@ -20,39 +20,14 @@ from ..runtime import resolve_device
 from .base import SpecialIds
 from .decoding import GenerationConfig, generate
 from .metrics import generation_scores, meteor_unavailable
+from .options import config_from_args
 from .records import read_lines
 from .seq2seq import decode_texts, decoder_ids, featurize_sources, read_jsonl
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="FT_RUN",
-                   help="the --out directory of `unimask finetune --task seq2seq` (or its best/)")
-    p.add_argument("--input", required=True, metavar="FILE",
-                   help='sources, one per line, or a JSONL file with "src" (and optional "tgt" references)')
-    p.add_argument("--output", metavar="FILE", help="write one output per line here (default: standard output)")
-    p.add_argument("--batch-size", type=int, default=32, help="sources decoded together")
-    p.add_argument("--device", default="auto")
-    add_generation_arguments(p)
-
-
-def add_generation_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The decoding options (also on `unimask predict`, for seq2seq models)."""
-    p.add_argument("--references", metavar="FILE", help="reference outputs, line-aligned with --input: print scores")
-    p.add_argument("--beam", type=int, default=None, help="beam size, 1 = greedy (default: as fine-tuned)")
-    p.add_argument("--length-penalty", type=float, default=None, help="beam score = log-prob / length ** this")
-    p.add_argument("--no-repeat-ngram", type=int, default=None, help="block repeated n-grams of this size (0: off)")
-    p.add_argument("--min-length", type=int, default=None, help="fewest tokens before [SEP]")
-    p.add_argument("--max-length", type=int, default=None, help="most tokens before [SEP]")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute the whole prefix at every step instead of reusing keys/values (slower; same outputs)")
-
-
 def _generation_config(saved: dict[str, Any], args: argparse.Namespace) -> GenerationConfig:
-    overrides = {"beam_size": args.beam, "length_penalty": args.length_penalty,
-                 "blocked_ngram_size": args.no_repeat_ngram, "min_length": args.min_length,
-                 "max_length": args.max_length}
-    fields = {**saved, **{k: v for k, v in overrides.items() if v is not None}, "kv_cache": not args.no_cache}
-    return GenerationConfig(**fields)
+    """The fine-tuned decoding settings, overridden by the flags given (tasks/options.py)."""
+    return config_from_args(GenerationConfig, args, {**saved, "kv_cache": not args.no_cache})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ for classification, mean squared error for regression (one output).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from . import metrics, records
 from .base import SpecialIds, Task
+from .configs import GLUE, GLUE_DIRS, POOLINGS, SentenceConfig, TableSpec  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -32,52 +34,6 @@ class Example:
     label: Any          # class name (str) or a float target
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """Where a task's fields are in its files: a header name, or a column index for header-less files."""
-
-    text: str | int
-    label: str | int
-    pair: str | int | None = None
-    header: bool = True
-
-
-@dataclass
-class SentenceConfig:
-    """Sentence-task settings (the `unimask finetune` flags are these fields). GLUE tasks read their
-    standard columns; `classify` / `regress` name them."""
-
-    text_column: str | None = field(default=None, metadata={
-        "help": "classify / regress: the text column (header name or JSONL key)", "predict": True})
-    text_pair_column: str | None = field(default=None, metadata={
-        "help": "classify / regress: the second text of a pair, if any", "predict": True})
-    label_column: str | None = field(default=None, metadata={"help": "classify / regress: the label column"})
-    labels: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "classify: comma-separated class names (default: those in the training file)"})
-    pooling: str = field(default="cls", metadata={
-        "choices": ("cls", "mean"),
-        "help": "GLUE / classify / regress: the head reads [CLS]'s hidden state (BERT) or the mean over real tokens"})
-    skip_bad_rows: bool = field(default=False, metadata={
-        "help": "drop (and count in a warning) rows with a missing, null or invalid value, instead of refusing the file"})
-
-    def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise UserError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
-        if self.labels is not None:
-            self.labels = tuple(str(label).strip() for label in self.labels)
-            if len(set(self.labels)) != len(self.labels) or not all(self.labels):
-                raise UserError(f"--labels {','.join(self.labels)} names a class twice or an empty class; list each once")
-
-
-@dataclass(frozen=True)
-class GlueSpec:
-    table: TableSpec
-    labels: tuple[str, ...] | None      # None: regression
-    metric: str                          # the selection metric
-    scorers: tuple[str, ...]             # keys of SCORERS reported
-    eval_splits: tuple[str, ...] = ("dev",)
-
-
 SCORERS: dict[str, Callable[[list, list], float]] = {
     "accuracy": metrics.accuracy,
     "f1": metrics.f1,
@@ -85,24 +41,6 @@ SCORERS: dict[str, Callable[[list, list], float]] = {
     "pearson": metrics.pearson,
     "spearman": metrics.spearman,
 }
-
-GLUE: dict[str, GlueSpec] = {
-    "cola": GlueSpec(TableSpec(text=3, label=1, header=False), ("0", "1"), "mcc", ("mcc", "accuracy")),
-    "sst2": GlueSpec(TableSpec("sentence", "label"), ("0", "1"), "accuracy", ("accuracy",)),
-    "mrpc": GlueSpec(TableSpec("#1 String", "Quality", "#2 String"), ("0", "1"), "f1", ("accuracy", "f1")),
-    "stsb": GlueSpec(TableSpec("sentence1", "score", "sentence2"), None, "pearson", ("pearson", "spearman")),
-    "qqp": GlueSpec(TableSpec("question1", "is_duplicate", "question2"), ("0", "1"), "f1", ("accuracy", "f1")),
-    "mnli": GlueSpec(TableSpec("sentence1", "gold_label", "sentence2"), ("contradiction", "entailment", "neutral"),
-                     "accuracy", ("accuracy",), ("dev_matched", "dev_mismatched")),
-    "qnli": GlueSpec(TableSpec("question", "label", "sentence"), ("entailment", "not_entailment"), "accuracy", ("accuracy",)),
-    "rte": GlueSpec(TableSpec("sentence1", "label", "sentence2"), ("entailment", "not_entailment"), "accuracy", ("accuracy",)),
-    "wnli": GlueSpec(TableSpec("sentence1", "label", "sentence2"), ("0", "1"), "accuracy", ("accuracy",)),
-}
-"""Task name -> file layout, label set and metrics (GLUE download-script layout)."""
-
-GLUE_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-             "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
-
 
 def read_examples(path: str | Path, table: TableSpec, regression: bool, skip_bad_rows: bool = False) -> list[Example]:
     """Examples from a TSV/CSV/JSONL file (tasks/records.py's rules). A row with a missing, null or
@@ -142,10 +80,6 @@ def read_examples(path: str | Path, table: TableSpec, regression: bool, skip_bad
         examples.append(Example(values["text"], values.get("pair"), values["label"]))
     bad.close(len(data.records))
     return examples
-
-
-POOLINGS = ("cls", "mean")
-"""What the sentence head reads: [CLS]'s hidden state (BERT) or the mean over the real (non-pad) tokens."""
 
 
 class ClassificationHead(nn.Module):
@@ -276,9 +210,26 @@ class SentenceTask(Task):
         return out[:, 0] if self.regression else out
 
     def score(self, examples: list[Example], features: list[dict[str, Any]], outputs: Tensor) -> dict[str, float]:
-        gold = [f["label"] for f in features]
         pred = (outputs if self.regression else outputs.argmax(-1)).tolist()
+        return self._scores(features, pred)
+
+    def _scores(self, features: list[dict[str, Any]], pred: list) -> dict[str, float]:
+        gold = [f["label"] for f in features]
         return {name: SCORERS[name](gold, pred) for name in self.scorers}
+
+    def baseline(self, train_features: list[dict[str, Any]], features: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Classification: the scores of always answering the most frequent training class (ties: the first)."""
+        if self.regression or not train_features or not features:
+            return None
+        counts = Counter(f["label"] for f in train_features)
+        majority = max(sorted(counts), key=counts.__getitem__)
+        return {"class": self.labels[majority], **self._scores(features, [majority] * len(features))}
+
+    def metric_notes(self) -> dict[str, str]:
+        """F1 scores the second class (GLUE's "1"; `--labels A,B` makes B the positive class)."""
+        if "f1" in self.scorers and not self.regression:
+            return {"f1": f"F1 of the positive class {self.labels[1]!r} (the second class; --labels orders them)"}
+        return {}
 
 
 def glue_task(name: str, data: str | Path, pooling: str = "cls", skip_bad_rows: bool = False) -> SentenceTask:

@@ -203,27 +203,6 @@ def predict_squad(ft: Finetuned, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .generate import add_generation_arguments
-    p.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, metavar="FT_RUN",
-                   help="the --out directory of `unimask finetune` (or its best/)")
-    p.add_argument("--input", required=True, metavar="FILE",
-                   help="sentence tasks: TSV, CSV or JSONL; squad: a SQuAD JSON; seq2seq: sources, one per line, or JSONL")
-    p.add_argument("--output", metavar="FILE", help="where predictions go (default: standard output)")
-    p.add_argument("--text-column", help="sentence tasks: the text column (default: the one fine-tuned on)")
-    p.add_argument("--text-pair-column", help="sentence tasks: the second text of a pair (default: as fine-tuned)")
-    p.add_argument("--glue-submission", metavar="DIR",
-                   help="GLUE models: write the leaderboard file (e.g. SST-2.tsv: index<TAB>prediction) into DIR")
-    p.add_argument("--null-threshold", type=float, default=None,
-                   help="squad: answer \"\" when the null score beats the best span by this (default: as fine-tuned, "
-                        "v2.0 models only)")
-    p.add_argument("--batch-size", type=int, default=64, help="inputs per batch")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_generation_arguments(p.add_argument_group("seq2seq models (as `unimask generate`)"))
-
-
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,45 +46,10 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..runtime import PRECISIONS, autocast_for, resolve_device
+from ..runtime import autocast_for, resolve_device
 from .base import SpecialIds, collate
-from .glue import POOLINGS, SentenceConfig
-
-
-@dataclass
-class ProbeConfig:
-    """Probe settings; each field is a `unimask probe` flag (tasks/options.py)."""
-
-    max_train_examples: int = field(default=8000, metadata={"help": "probe on the first N training texts (0: all)"})
-    max_length: int = field(default=128, metadata={"help": "tokens per input; longer texts are truncated"})
-    batch_size: int = field(default=64, metadata={"help": "texts per encoder batch (in length order)"})
-    seed: int = field(default=1, metadata={"help": "the held-out split (and --random-init weights)"})
-    holdout_fraction: float = field(default=0.2, metadata={
-        "help": "fraction of the training texts held out to choose C"})
-    c_grid: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0, 100.0), metadata={
-        "help": "inverse L2 strengths of the logistic regression to choose from"})
-    max_iter: int = field(default=1000, metadata={"help": "lbfgs iterations per fit"})
-    precision: str = field(default="auto", metadata={"choices": PRECISIONS, "help": "the encoder's precision"})
-    device: str = field(default="auto", metadata={"help": "the encoder's device (auto, cpu, cuda, cuda:N)"})
-
-    def __post_init__(self) -> None:
-        try:
-            self.c_grid = tuple(sorted({float(c) for c in self.c_grid}))
-        except (TypeError, ValueError):
-            raise UserError(f"--c-grid {','.join(map(str, self.c_grid))}: give numbers, e.g. --c-grid 0.1,1,10") from None
-        checks = [
-            (self.max_train_examples >= 0, "max_train_examples must be >= 0 (0: all)"),
-            (self.max_length >= 8, "max_length must be at least 8"),
-            (self.batch_size > 0, "batch_size must be positive"),
-            (0 < self.holdout_fraction < 1, "holdout_fraction must be in (0, 1)"),
-            (len(self.c_grid) > 0 and all(math.isfinite(c) and c > 0 for c in self.c_grid),
-             "the C grid needs positive, finite values"),
-            (self.max_iter > 0, "max_iter must be positive"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"probe config: {message}")
+from .configs import ProbeConfig
+from .glue import POOLINGS
 
 
 # ---- features ---------------------------------------------------------------------------------------
@@ -198,12 +162,6 @@ def fit_probe(x: np.ndarray, y: np.ndarray, c_grid: tuple[float, ...], holdout_f
 
 # ---- the command --------------------------------------------------------------------------------------
 
-def sentence_tasks() -> list[str]:
-    """Task names that read sentence / sentence-pair files (the GLUE names, classify, regress)."""
-    from . import tasks
-    return [name for name, kind in tasks().items() if kind.config is SentenceConfig]
-
-
 def _refuse_regression(task) -> None:
     if task.regression:
         raise UserError(f"probe fits logistic regression and needs a classification task; {task.name} is a "
@@ -275,6 +233,8 @@ def probe(task, pretrained, cfg: ProbeConfig, progress: bool = True) -> dict:
         "poolings": {"cls": "the [CLS] token's state", "mean": "the mean over real (non-padding) tokens"},
         "best": {"layer": best["layer"], "pooling": best["pooling"], "split": main,
                  task.metric: best["scores"][main][task.metric]},
+        "baseline": {split: task.baseline(features["train"], features[split]) for split in task.eval_splits},
+        "notes": task.metric_notes(),
         "results": results,
         "seconds": {"encode": round(encoded - started, 1), "probe": round(time.time() - encoded, 1),
                     "total": round(time.time() - started, 1)},
@@ -305,7 +265,10 @@ def markdown(result: dict) -> str:
                   "| layer | " + " | ".join(f"{p} {m}" for p, m in columns) + " |", "|---" * (1 + len(columns)) + "|"]
         lines += [f"| {layer} | " + " | ".join(f"{cell[layer, p]['scores'][split][m]:.2f}" for p, m in columns) + " |"
                   for layer in layers]
-        lines.append("")
+        base = (result.get("baseline") or {}).get(split)
+        if base:
+            lines += [f"| majority class ({base['class']}) | " + " | ".join(f"{base[m]:.2f}" for _, m in columns) + " |"]
+        lines += [f"\n{m}: {note}" for m, note in (result.get("notes") or {}).items()] + [""]
     lines += ["## chosen C and train accuracy", "",
               "| layer | " + " | ".join(f"{p} C | {p} train accuracy" for p in POOLINGS) + " |",
               "|---" * (1 + 2 * len(POOLINGS)) + "|"]
@@ -317,15 +280,6 @@ def markdown(result: dict) -> str:
     if not all(r["converged"] for r in result["results"]):
         lines.append("(some lbfgs fits stopped at --max-iter before converging)")
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .finetune import add_model_and_data_arguments
-    from .options import add_config_arguments
-    add_model_and_data_arguments(p, sentence_tasks(), "probe")     # classification tasks only
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_arguments(p.add_argument_group("probe (tasks/probe.py)"), ProbeConfig, set())
-    add_config_arguments(p.add_argument_group("columns (tasks/glue.py)"), SentenceConfig, {"--pooling"})
 
 
 def run(args: argparse.Namespace) -> int:

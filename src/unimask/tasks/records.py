@@ -39,15 +39,23 @@ TABLE_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 """File suffix -> table kind; any other suffix is read as TSV (GLUE's layout)."""
 
 
+STDIN = "-"
+"""The file name that means standard input (`unimask generate --input -`)."""
+
+
 def read_text(path: str | Path, what: str = "data file") -> str:
-    """A user file's text, untranslated (a UTF-8 BOM dropped), or a one-line UserError when it is
-    missing, not UTF-8 or blank."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; pass an existing file")
+    """A user file's text (`-`: standard input), untranslated (a UTF-8 BOM dropped), or a one-line
+    UserError when it is missing, not UTF-8 or blank."""
+    if str(path) == STDIN:
+        path, stream = Path("<standard input>"), getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+    else:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise UserError(f"{what} {path} does not exist; pass an existing file")
+        data = path.read_bytes()                      # bytes: no "\r" translation
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:   # newline="": no "\r" translation
-            text = f.read()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8") from None
     if not text.strip():

@@ -31,7 +31,7 @@ split of Du et al. 2017: src-dev.txt / tgt-dev.txt) or a JSONL file with "src" a
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -44,7 +44,8 @@ from ..errors import UserError
 from ..model.heads import LMHead
 from .base import SpecialIds, Task
 from .records import MISSING, BadRows, describe, read_lines, read_table
-from .decoding import GenerationConfig, Seq2SeqIds, generate
+from .configs import Seq2SeqConfig  # noqa: F401 (re-exported)
+from .decoding import Seq2SeqIds, generate
 from .metrics import generation_scores, meteor_unavailable
 
 
@@ -214,36 +215,6 @@ def _note_meteor() -> None:
     if reason and not _METEOR_NOTED:
         print(f"note: {reason}", file=sys.stderr)
         _METEOR_NOTED = True
-
-
-@dataclass
-class Seq2SeqConfig:
-    """Seq2seq fine-tuning settings (the `unimask finetune` flags are these fields)."""
-
-    target_mask_prob: float = field(default=0.7, metadata={
-        "help": "probability that a target token is replaced in the true-token stream (s2s-ft: 0.4-0.8)"})
-    pseudo_keep_prob: float = field(default=0.1, metadata={
-        "help": "a target's substitute (its pseudo token, and its true-stream slot when replaced) is itself"})
-    pseudo_random_prob: float = field(default=0.1, metadata={"help": "... or a random token; else [MASK]"})
-    max_source_length: int = field(default=0, metadata={
-        "help": "tokens of [CLS] source [SEP] (0: --max-length minus --max-target-length)"})
-    max_target_length: int = field(default=48, metadata={"help": "tokens of target [SEP]"})
-    max_eval_examples: int = field(default=0, metadata={"help": "decode only the first N dev examples (0: all)"})
-    skip_bad_rows: bool = False
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.generation, dict):      # read back from finetune.json
-            self.generation = GenerationConfig(**self.generation)
-        if not 0 <= self.target_mask_prob <= 1:
-            raise UserError(f"target_mask_prob must be in [0, 1], not {self.target_mask_prob}")
-        if (min(self.pseudo_keep_prob, self.pseudo_random_prob) < 0
-                or self.pseudo_keep_prob + self.pseudo_random_prob > 1):
-            raise UserError("pseudo_keep_prob and pseudo_random_prob must be >= 0 and sum to at most 1")
-        if self.max_target_length < 2 or self.max_source_length < 0 or self.max_eval_examples < 0:
-            raise UserError("max_target_length must be >= 2; max_source_length and max_eval_examples >= 0")
-        if self.max_source_length and self.max_source_length < 3:
-            raise UserError("max_source_length must be >= 3 ([CLS], a token, [SEP])")
 
 
 class Seq2SeqTask(Task):

@@ -9,7 +9,7 @@ the [CLS] span is the "no answer" score: predict "" when it beats the best span 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .base import SpecialIds, Task
+from .configs import SquadConfig  # noqa: F401 (re-exported)
 from .records import BadRows, read_text
 from .metrics import squad_scores
 
@@ -104,28 +105,6 @@ def _problem(qa: dict, context: Any, seen: set[str], answers_needed: bool = True
             return (f"answer {a['text'][:30]!r} is not at answer_start {start} "
                     f"(the context there reads {context[start:start + len(a['text'])][:30]!r})")
     return None
-
-
-@dataclass
-class SquadConfig:
-    """SQuAD settings (the `unimask finetune` flags are these fields; BERT's run_squad defaults)."""
-
-    doc_stride: int = field(default=128, metadata={"help": "squad: tokens between the starts of consecutive windows"})
-    max_query_length: int = field(default=64, metadata={"help": "squad: question tokens kept"})
-    n_best: int = field(default=20, metadata={"help": "squad: best starts and ends combined into spans"})
-    max_answer_length: int = field(default=30, metadata={"help": "squad: longest answer in tokens"})
-    null_threshold: float = field(default=0.0, metadata={
-        "help": "squad v2.0: answer \"\" when the null score beats the best span by this", "predict": True})
-    version: str = field(default="auto", metadata={
-        "choices": ("auto", "1.1", "2.0"), "help": "squad: 2.0 allows unanswerable questions (auto: when the data has some)"})
-    skip_bad_rows: bool = field(default=False, metadata={
-        "help": "drop (and count in a warning) rows with a missing, null or invalid value, instead of refusing the file"})
-
-    def __post_init__(self) -> None:
-        if self.version not in ("auto", "1.1", "2.0"):
-            raise UserError(f"unknown SQuAD version {self.version!r}; use auto, 1.1 or 2.0")
-        if min(self.max_query_length, self.doc_stride, self.n_best, self.max_answer_length) < 1:
-            raise UserError("max_query_length, doc_stride, n_best and max_answer_length must be positive")
 
 
 class SquadTask(Task):

@@ -31,6 +31,7 @@ from ..errors import Stopped, UserError
 from ..rundir import claim
 from ..runtime import autocast_for
 from .malloc import keep_freed_memory_on
+from .summary import end_summary, fit_steps_to_budget, start_summary, valid_line
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TrainConfig:
     keep_last: int = 2
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
+    budget_calibration_steps: int = 0    # with a time budget: every this many steps, keep the step count that fits
+                                         # it at the pace just measured (at most `steps`; warm-up in proportion)
     keep_freed_memory: bool = True       # CPU: glibc keeps freed pages mapped, no page faults each step (train/malloc.py)
 
     def __post_init__(self) -> None:
@@ -348,7 +351,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 print(f"initialised the generator from {generator_init.source}", file=sys.stderr)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            _write_config(run_dir, cfg)
 
         # ---- model, optimizer ---------------------------------------------------------------
         if info.world_size > 1:
@@ -377,6 +380,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         if existing is not None:
             if info.is_main:
                 print(f"resumed {run_dir} from step {step}", file=sys.stderr)
+        if info.is_main:
+            print(start_summary(cfg, data_dir, run_dir, plain.encoder, info.device, store, valid_store), file=sys.stderr)
 
         signals = StopSignals()
         saved_at = None
@@ -421,6 +426,10 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         bar = _progress(progress and info.is_main, tcfg.steps, step)
         tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
         params = [p for p in model.parameters() if p.requires_grad]
+        # a fresh run with a budget to fit: every `budget_calibration_steps` steps after the first (which warms
+        # up), the steps of the last window give the pace, and the step count becomes what fits (at most `cap`)
+        refit_every = tcfg.budget_calibration_steps if tcfg.time_budget_minutes and step == 0 else 0
+        cap, warmup_share, window, said = tcfg.steps, tcfg.warmup_steps / tcfg.steps, (1, 0.0), 0
         while step < tcfg.steps:
             micro_batches = (next(loader) for _ in range(tcfg.grad_accum))
             result = train_step(model, optimizer, micro_batches, autocast, info, params, tcfg.clip_norm)
@@ -440,8 +449,23 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             step += 1
 
             elapsed = time.perf_counter() - t0
+            if step == 1:
+                window = (1, elapsed)
+            elif refit_every and (step - 1) % refit_every == 0:
+                step_s = (elapsed - window[1]) / (step - window[0])
+                scheduler = _fit_to_budget(cfg, step, elapsed, step_s, cap, warmup_share, optimizer, info)
+                window = (step, elapsed)
+                if bar is not None:
+                    bar.total = tcfg.steps                      # shown at the bar's next update
+                if info.is_main:
+                    _write_config(run_dir, cfg)
+                if abs(tcfg.steps - said) > 0.1 * said:         # the first fit, and then large changes only
+                    said = tcfg.steps
+                    _say(bar, info, f"step {step}: {said} steps fit the {tcfg.time_budget_minutes:g}-minute budget "
+                                    f"at {step_s:.2f} s a step (warm-up {tcfg.warmup_steps})")
             if step % tcfg.log_every == 0 or step == tcfg.steps:
-                record = {"split": "train", "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                record = {"split": "train", "step": step, "tokens": step * result.tokens, "loss": loss,
+                          "lr": scheduler.get_last_lr()[0],
                           "grad_norm": grad_norm, "epoch": round(loader.epoch(), 4),
                           "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
                           **objective.summarize(means)}
@@ -451,7 +475,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 bar.update(1)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
                 last_eval = evaluate(step)
-                _say(bar, info, f"step {step}: {_eval_summary(last_eval, brief=True)}")
+                _say(bar, info, f"step {step}: {valid_line(last_eval)}")
             if ((tcfg.save_every and step % tcfg.save_every == 0) or step in tcfg.save_at) and step != tcfg.steps:
                 save(step)
             out_of_time, signum = _agree_to_stop(elapsed, tcfg.time_budget_minutes, signals.received, info)
@@ -475,8 +499,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         save(step)
         log.close()
         if info.is_main:
-            print(f"done: {step} steps; {_eval_summary(last_eval)}; "
-                  f"checkpoint in {ckpt_mod.latest_checkpoint(run_dir)}", file=sys.stderr)
+            print(end_summary(last_eval, store, valid_store, step, (time.perf_counter() - t0) / 60, run_dir,
+                              ckpt_mod.latest_checkpoint(run_dir)), file=sys.stderr)
         return last_eval
     finally:
         held.close()
@@ -495,6 +519,25 @@ def _check_attention(kernel: str, device: torch.device, attention_dropout: float
                         "set model.attention_dropout=0 or use train.attention=auto")
 
 
+def _write_config(run_dir: Path, cfg) -> None:
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _fit_to_budget(cfg, step: int, elapsed: float, step_s: float, cap: int, warmup_share: float, optimizer, info):
+    """Set cfg.train.steps to what fits the time budget at `step_s` seconds a step (at most `cap`; the main
+    rank's clock decides for all) and warm-up to `warmup_share` of it; returns the scheduler for that
+    schedule, continued at `step`."""
+    from . import parallel
+    from .optim import build_scheduler
+    tcfg = cfg.train
+    fitted = fit_steps_to_budget(step, elapsed, step_s, 60 * tcfg.time_budget_minutes, cap,
+                                 eval_s=tcfg.eval_batches * step_s / 3, eval_every=tcfg.eval_every)
+    flag = torch.tensor([float(fitted if info.is_main else 0)], device=info.device)
+    tcfg.steps = int(parallel.all_reduce_sum(flag).item())
+    tcfg.warmup_steps = max(1, round(warmup_share * tcfg.steps))
+    return build_scheduler(optimizer, tcfg.warmup_steps, tcfg.steps, tcfg.schedule, tcfg.min_lr_ratio, last_step=step)
+
+
 def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means: dict[str, float]) -> dict:
     """The valid record of one evaluation: the loss per target and the objective's means, or, when
     no target was scored, loss None and the reason (a loss of 0 would read as a perfect model)."""
@@ -502,17 +545,6 @@ def _eval_record(step: int, loss_sum: float, targets: float, blocks: int, means:
     if not targets:
         return {**record, "loss": None, "reason": "nothing to score"}
     return {**record, "loss": loss_sum / targets, **means}
-
-
-def _eval_summary(record: dict, brief: bool = False) -> str:
-    """The log text of an eval record: `valid loss 2.3456` (brief) or `valid loss 2.346, mlm_acc 0.41, ...`;
-    for an evaluation that scored nothing, says so with the blocks it saw (never formats None)."""
-    if record.get("loss") is None:
-        blocks = record["blocks"]
-        return f"valid: nothing to score ({blocks} block{'' if blocks == 1 else 's'}, 0 target tokens)"
-    if brief:
-        return f"valid loss {record['loss']:.4f}"
-    return "valid " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
 def _agree_to_stop(elapsed: float, budget_minutes: float, received: int | None, info) -> tuple[bool, int | None]:

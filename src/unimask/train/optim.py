@@ -39,6 +39,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                    schedule: str, min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+                    schedule: str, min_ratio: float, last_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule from step 0, or (`last_step` > 0) as if already stepped that often: a run whose
+    step count changed mid-way (train.budget_calibration_steps) continues on the new schedule."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, schedule, min_ratio))
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, schedule, min_ratio), last_epoch=last_step - 1)
