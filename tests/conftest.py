@@ -9,6 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread (read when torch starts, so before any test imports it; subprocesses inherit it): the tests'
+# models are tiny, and on cores other programs keep busy several threads wait for each other at every
+# operation: the whole suite took 3:44-4:47 with torch's 2 threads on the 2-core development machine
+# and 1:35 with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -16,7 +16,7 @@ from conftest import keyword_rows, tiny_run_config
 from unimask.cli import main
 from unimask.recipes import DEMO_MINUTES, RECIPES
 from unimask.train import loop
-from unimask.train.summary import fit_steps_to_budget, unigram_baseline
+from unimask.train.summary import busy_machine_hint, fit_steps_to_budget, unigram_baseline
 
 
 def test_the_steps_that_fit_a_budget():
@@ -35,6 +35,11 @@ def test_the_unigram_baseline_of_masked_tokens():
     p = (np.array([0, 0, 0, 0, 0, 4, 0, 2, 0, 1]) + 1.0) / (7 + 8)                   # add-one over 8 ordinary ids
     assert base.cross_entropy == pytest.approx(-(np.log(p[5]) + 2 * np.log(p[7]) + np.log(p[9])) / 4)
     assert unigram_baseline(train, np.array([0, 1]), 10, specials) is None
+
+
+def test_a_busy_machine_is_named_with_what_helps():
+    assert "load 7.9 on 2 cores: OMP_NUM_THREADS=1" in busy_machine_hint(7.9, 2, threads=2)
+    assert busy_machine_hint(0.3, 2, threads=2) == busy_machine_hint(7.9, 2, threads=1) == ""
 
 
 def test_the_default_job_is_fitted_to_its_budget():

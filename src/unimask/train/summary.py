@@ -10,6 +10,7 @@ under the training split's token frequencies is the loss of a model that knows n
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def start_summary(cfg, data_dir: Path, run_dir: Path, encoder, device, store, va
         why = "auto: this CPU has no bf16 instructions (AVX512-BF16, AMX)"
     else:
         why = "auto: bf16 is not faster here"
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    threads = ""
+    if device.type == "cpu":
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        count = torch.get_num_threads()
+        threads = f", {count} thread{'s' if count > 1 else ''}" + busy_machine_hint(load, os.cpu_count() or 1, count)
     params = sum(p.numel() for p in encoder.parameters())
     schedule = (f"{tcfg.steps:,} steps of {tcfg.batch_size} x {cfg.data.seq_len} tokens"
                 + (f" x {tcfg.grad_accum} accumulated" if tcfg.grad_accum > 1 else "")
@@ -130,6 +135,15 @@ def end_summary(record: dict, store, valid_store, steps: int, minutes: float, ru
         f"  unimask export {run_dir} --out hf/{run_dir.name}    # a transformers model (pip install 'unimask[hf]')",
     ]
     return "\n".join(lines)
+
+
+def busy_machine_hint(load: float, cores: int, threads: int) -> str:
+    """Where other programs already keep every core busy, several threads wait for each other at every
+    operation (measured here: 2 threads ran 2.5-4x slower than 1 on 2 busy cores), so say so."""
+    if threads > 1 and load >= cores:
+        return (f" (the machine is busy, load {load:.1f} on {cores} cores: OMP_NUM_THREADS=1 before the command "
+                "may run faster)")
+    return ""
 
 
 def valid_line(record: dict) -> str:
