@@ -243,7 +243,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_one(kjv_data, tmp_pat
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full(kind))
     capsys.readouterr()
     assert main(["pretrain", "--out", str(run), "--resume", "--quiet", "--set", "train.steps=4"]) == 2
-    resumed, line = capsys.readouterr().err.strip().splitlines()           # "resumed ... from step 2", the error
+    lines = capsys.readouterr().err.strip().splitlines()      # "resumed ... from step 2", the run summary, the error
+    assert any(text.startswith("resumed ") for text in lines[:-1]), lines
+    line = lines[-1]
     assert line.startswith("unimask pretrain: error: ")
     assert f"no space left for checkpoint step_00000004 in {run / 'checkpoints'}: it needs about " in line, line
     assert ") are free; the earlier checkpoints are intact" in line and "then --resume" in line
