@@ -265,50 +265,77 @@ def train_records(run: Path, split: str = "train") -> dict[int, float]:
 
 # ---- parts ------------------------------------------------------------------------------------------
 
+def attempt(report: Report, part: str, label: dict, device: torch.device, body) -> None:
+    """Run one item; an error becomes a failed figure (with `label`) and the part goes on. Skip passes."""
+    try:
+        body()
+    except Skip:
+        raise
+    except Exception as e:                       # one item's failure must not cost the part's others
+        report.figure(part, {**label, "ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
+    finally:
+        free(device)
+
+
 def correctness(report: Report, clock: Clock, plan: Plan, device: torch.device) -> None:
-    cpu, dev = DistInfo(), DistInfo(device=device)
     for name in OBJECTIVE_ORDER:
         clock.need(3, name)
-        overrides = NO_DROPOUT + ARGMAX_SAMPLING.get(name, ())
-        ref = engine(name, "tiny", plan.check_shape, "fp32", plan, cpu, overrides=overrides)
-        ours = engine(name, "tiny", plan.check_shape, "fp32", plan, dev, overrides=overrides)
-        tf32_matmuls(device, False)
-        (loss_cpu, norm_cpu), (loss, norm) = one_step(ref), one_step(ours)
-        tf32_matmuls(device, True)
-        bf16 = engine(name, "tiny", plan.check_shape, "bf16", plan, dev, overrides=overrides)
-        loss_bf16, norm_bf16 = one_step(bf16)
-        ok = rel(loss, loss_cpu) <= TOLERANCE["loss"] and rel(norm, norm_cpu) <= TOLERANCE["grad_norm"]
-        report.figure("correctness", {
-            "objective": name, "check": f"fp32 {device.type} vs cpu", "ok": ok and math.isfinite(loss_bf16 + norm_bf16),
-            "loss": round(loss, 6), "loss_cpu": round(loss_cpu, 6), "loss_rel_diff": f"{rel(loss, loss_cpu):.1e}",
-            "grad_norm_rel_diff": f"{rel(norm, norm_cpu):.1e}", "bf16_loss": round(loss_bf16, 6),
-            "bf16_finite": math.isfinite(loss_bf16) and math.isfinite(norm_bf16)})
-        del ref, ours, bf16
-        free(device)
+        check = f"fp32 {device.type} vs cpu"
+        attempt(report, "correctness", {"objective": name, "check": check}, device,
+                lambda: device_against_cpu(report, plan, device, name, check))
     variants = []
     if device.type == "cuda" and bench_flex_available():
         variants += [(name, "flex", dict(attention="flex")) for name in FLEX_OBJECTIVES]
     variants += [(name, "compiled", dict(compiled=True, attention="sdpa")) for name in plan.compile_checks]
     for name, label, kw in variants:
         clock.need(30 if label == "compiled" else 10, f"{name} {label}")
-        overrides = NO_DROPOUT + ARGMAX_SAMPLING.get(name, ()) + (("model.relative_buckets=32",) if label == "flex" else ())
-        torch._dynamo.reset()
-        plain = engine(name, "tiny", plan.check_shape, "fp32", plan, DistInfo(device=device), overrides=overrides,
-                       attention="sdpa")
-        other = engine(name, "tiny", plan.check_shape, "fp32", plan, DistInfo(device=device), overrides=overrides, **kw)
-        tf32_matmuls(device, False)
-        (loss_a, norm_a) = one_step(plain)
-        started = time.perf_counter()
-        (loss_b, norm_b) = one_step(other)
-        seconds = time.perf_counter() - started
+        check = f"{label} vs eager sdpa ({device.type}, fp32)"
+        attempt(report, "correctness", {"objective": name, "check": check}, device,
+                lambda: variant_against_eager(report, plan, device, name, check, label, kw))
+
+
+def device_against_cpu(report: Report, plan: Plan, device: torch.device, name: str, check: str) -> None:
+    """One fp32 step on `device` and on the CPU from the same weights and batch; then bf16 on `device`."""
+    overrides = NO_DROPOUT + ARGMAX_SAMPLING.get(name, ())
+    ref = engine(name, "tiny", plan.check_shape, "fp32", plan, DistInfo(), overrides=overrides)
+    ours = engine(name, "tiny", plan.check_shape, "fp32", plan, DistInfo(device=device), overrides=overrides)
+    tf32_matmuls(device, False)
+    try:
+        (loss_cpu, norm_cpu), (loss, norm) = one_step(ref), one_step(ours)
+    finally:
         tf32_matmuls(device, True)
-        report.figure("correctness", {
-            "objective": name, "check": f"{label} vs eager sdpa ({device.type}, fp32)",
-            "ok": rel(loss_b, loss_a) <= TOLERANCE["loss"] and rel(norm_b, norm_a) <= TOLERANCE["grad_norm"],
-            "loss": round(loss_b, 6), "loss_cpu": None, "loss_rel_diff": f"{rel(loss_b, loss_a):.1e}",
-            "grad_norm_rel_diff": f"{rel(norm_b, norm_a):.1e}", "first_step_s": round(seconds, 1)})
-        del plain, other
-        free(device)
+    bf16 = engine(name, "tiny", plan.check_shape, "bf16", plan, DistInfo(device=device), overrides=overrides)
+    loss_bf16, norm_bf16 = one_step(bf16)
+    finite = math.isfinite(loss_bf16) and math.isfinite(norm_bf16)
+    ok = rel(loss, loss_cpu) <= TOLERANCE["loss"] and rel(norm, norm_cpu) <= TOLERANCE["grad_norm"]
+    report.figure("correctness", {
+        "objective": name, "check": check, "ok": ok and finite, "loss": round(loss, 6), "loss_cpu": round(loss_cpu, 6),
+        "loss_rel_diff": f"{rel(loss, loss_cpu):.1e}", "grad_norm_rel_diff": f"{rel(norm, norm_cpu):.1e}",
+        "bf16_loss": round(loss_bf16, 6), "bf16_finite": finite})
+
+
+def variant_against_eager(report: Report, plan: Plan, device: torch.device, name: str, check: str, label: str,
+                          kw: dict) -> None:
+    """One fp32 step with compiled blocks or the flex kernel against the eager SDPA step, same weights
+    and batch, on `device`; the variant's first step time (compilation) with it."""
+    overrides = NO_DROPOUT + ARGMAX_SAMPLING.get(name, ()) + (("model.relative_buckets=32",) if label == "flex" else ())
+    torch._dynamo.reset()
+    info = DistInfo(device=device)
+    plain = engine(name, "tiny", plan.check_shape, "fp32", plan, info, overrides=overrides, attention="sdpa")
+    other = engine(name, "tiny", plan.check_shape, "fp32", plan, info, overrides=overrides, **kw)
+    tf32_matmuls(device, False)
+    try:
+        loss_a, norm_a = one_step(plain)
+        started = time.perf_counter()
+        loss_b, norm_b = one_step(other)
+        seconds = time.perf_counter() - started
+    finally:
+        tf32_matmuls(device, True)
+    report.figure("correctness", {
+        "objective": name, "check": check,
+        "ok": rel(loss_b, loss_a) <= TOLERANCE["loss"] and rel(norm_b, norm_a) <= TOLERANCE["grad_norm"],
+        "loss": round(loss_b, 6), "loss_rel_diff": f"{rel(loss_b, loss_a):.1e}",
+        "grad_norm_rel_diff": f"{rel(norm_b, norm_a):.1e}", "first_step_s": round(seconds, 1)})
 
 
 def bench_flex_available() -> bool:
@@ -328,26 +355,32 @@ def throughput(report: Report, clock: Clock, plan: Plan, device: torch.device) -
     eager_tps: dict[tuple[str, tuple[int, int]], float] = {}
     for name, (seq, batch), compiled, overrides, kernel in items:
         clock.need(60 if compiled and device.type == "cuda" else 5, f"{name} seq {seq}{' compiled' if compiled else ''}")
-        torch._dynamo.reset()
-        free(device)
-        e = engine(name, plan.size, (batch, seq), "bf16", plan, info, plan.warmup + plan.steps, compiled, overrides,
-                   kernel)
-        bench.run_interleaved([e], plan.warmup, plan.steps, plan.steps)
-        rec = e.report("bf16", bench.measure_peak_tflops(torch.bfloat16, device), bench.peak_rss_mb())
-        if not compiled and not overrides:
-            eager_tps[(name, (seq, batch))] = rec["tokens_per_s"]
-        figure = {"objective": name, "seq": seq, "batch": batch, "compile": compiled,
-                  "attention": kernel if overrides else "auto", "tokens_per_s": rec["tokens_per_s"],
-                  "step_ms": rec["step_ms_median"], "mfu": rec["mfu"], "achieved_tflops": rec["achieved_tflops"],
-                  "peak_mem_mb": rec.get("peak_cuda_mb", rec["peak_rss_mb"]),
-                  "compile_s": bench.compile_seconds(e) if compiled else None,
-                  "speedup_vs_eager": (round(rec["tokens_per_s"] / eager_tps[(name, (seq, batch))], 3)
-                                       if compiled and (name, (seq, batch)) in eager_tps else None),
-                  "last_loss": rec["last_loss"]}
-        if overrides:
-            figure["note"] = "attention dropout 0, relative bias 32"
-        report.figure("throughput", figure)
-        del e
+        label = {"objective": name, "seq": seq, "batch": batch, "compile": compiled,
+                 "attention": kernel if overrides else "auto"}
+        attempt(report, "throughput", label, device,
+                lambda: rate(report, plan, info, label, overrides, eager_tps))
+
+
+def rate(report: Report, plan: Plan, info: DistInfo, label: dict, overrides: tuple[str, ...],
+         eager_tps: dict) -> None:
+    """Tokens/s, MFU, peak memory (and the compile time) of one objective at one shape, bf16."""
+    name, seq, batch, compiled = label["objective"], label["seq"], label["batch"], label["compile"]
+    torch._dynamo.reset()
+    e = engine(name, plan.size, (batch, seq), "bf16", plan, info, plan.warmup + plan.steps, compiled, overrides,
+               label["attention"] if overrides else "auto")
+    bench.run_interleaved([e], plan.warmup, plan.steps, plan.steps)
+    rec = e.report("bf16", bench.measure_peak_tflops(torch.bfloat16, info.device), bench.peak_rss_mb())
+    key = (name, (seq, batch))
+    if not compiled and not overrides:
+        eager_tps[key] = rec["tokens_per_s"]
+    figure = {**label, "tokens_per_s": rec["tokens_per_s"], "step_ms": rec["step_ms_median"], "mfu": rec["mfu"],
+              "achieved_tflops": rec["achieved_tflops"], "peak_mem_mb": rec.get("peak_cuda_mb", rec["peak_rss_mb"]),
+              "compile_s": bench.compile_seconds(e) if compiled else None,
+              "speedup_vs_eager": round(rec["tokens_per_s"] / eager_tps[key], 3) if compiled and key in eager_tps else None,
+              "last_loss": rec["last_loss"]}
+    if overrides:
+        figure["note"] = "attention dropout 0, relative bias 32"
+    report.figure("throughput", figure)
 
 
 def transformers_compare(report: Report, clock: Clock, plan: Plan, device: torch.device) -> None:

@@ -19,6 +19,11 @@ GEMMs, before and after the run), and `mfu` = achieved / peak, where achieved =
 An objective may define `train_flops_per_token(seq_len, predicted_fraction) -> float` for the work
 its auxiliary networks add (generators, decoders); otherwise the MLM formula
 (`train_flops_per_token` here) is used. `benchmarks/hf_compare.py` reuses the pieces here to race transformers' BertForMaskedLM.
+
+`--compile` compiles each Transformer block as train.compile does; `--compare-compile` times the
+objective compiled and eager, interleaved, and adds the compile time (the compiled engine's first step,
+`first_step_ms`, minus its median step; inductor's on-disk cache makes a repeated graph cheaper);
+`--attention` picks the kernel as train.attention does.
 """
 
 from __future__ import annotations
