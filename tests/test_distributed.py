@@ -76,6 +76,7 @@ def workers(launcher: int) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
 def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(kjv_data, tmp_path):
     """Only rank 1 gets the signal; the stop flag's all-reduce makes rank 0 stop after the same step, so

@@ -113,6 +113,7 @@ def wait_for_steps(proc: subprocess.Popen, run: Path, steps: int) -> None:
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_reproduces_the_loss_curve(kjv_data, tmp_path):
     cfg = tiny_run_config(kjv_data, steps=60, save_every=0, eval_every=20)      # no checkpoint but the final one
     cfg.model.dropout = 0.1
