@@ -49,7 +49,7 @@ def test_the_default_job_is_fitted_to_its_budget():
 
 
 def test_a_run_fitted_to_its_budget_ends_its_schedule_and_says_what_it_did(kjv_data, tmp_path, capsys, monkeypatch):
-    """Every few steps the step count becomes what fits at the pace just measured (forced here: 12 of at
+    """Every few steps the step count becomes what fits at the run's pace so far (forced here: 12 of at
     most 40 at step 4, then 18 from step 7 on, as if the machine sped up): warm-up follows in proportion,
     the lr reaches 0 at the last count, config.json and the checkpoint hold it; the run says what it
     trains on and, at the end, what its figures mean and what to run next."""
@@ -66,8 +66,8 @@ def test_a_run_fitted_to_its_budget_ends_its_schedule_and_says_what_it_did(kjv_d
     assert (saved["steps"], saved["warmup_steps"]) == (18, 4)           # 8/40 of it
     assert json.loads((run / "checkpoints" / "step_00000018" / "config.json").read_text())["train"]["steps"] == 18
     err = capsys.readouterr().err
-    assert re.search(r"step 4: 12 steps fit the 60-minute budget at [0-9.]+ s a step \(warm-up 2\)", err)
-    assert re.search(r"step 7: 18 steps fit the 60-minute budget at [0-9.]+ s a step \(warm-up 4\)", err)
+    assert re.search(r"step 4: 12 steps fit the 60-minute budget at [0-9.]+ s a step so far \(warm-up 2\)", err)
+    assert re.search(r"step 7: 18 steps fit the 60-minute budget at [0-9.]+ s a step so far \(warm-up 4\)", err)
     assert err.count("steps fit the") == 2                              # refits at steps 10, 13, 16: no news
     for said in (f"data      {kjv_data}", "model     mlm on a tiny encoder: 2 layers x 32 wide",
                  "device    cpu, fp32 (train.precision=fp32), ", " thread", f"run dir   {run}",

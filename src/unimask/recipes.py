@@ -38,7 +38,7 @@ def demo() -> RunConfig:
 
     Batches of 8 x 128 tokens: in a few minutes the number of updates is what counts (on this corpus, for
     the same tokens and time, 8 blocks a step reached valid loss 5.34 where 16 reached 5.53 and 32 stayed
-    at the unigram plateau, 5.76). At most 2,400 steps; every 40 steps the run measures its pace and keeps
+    at the unigram plateau, 5.76). At most 2,400 steps; every 40 steps the run takes its pace so far and keeps
     the steps that fit DEMO_MINUTES (train.budget_calibration_steps), warm-up (10%) and decay scaled to
     them, so a CPU without bf16 (about half the speed) trains fewer steps in the same time, not longer.
     """

@@ -63,7 +63,7 @@ class TrainConfig:
     max_bad_steps: int = 5               # consecutive non-finite steps before the run stops
     time_budget_minutes: float = 0.0     # stop (evaluate, save) after this much time in the loop; 0 = none
     budget_calibration_steps: int = 0    # with a time budget: every this many steps, keep the step count that fits
-                                         # it at the pace just measured (at most `steps`; warm-up in proportion)
+                                         # it at the run's pace so far (at most `steps`; warm-up in proportion)
     keep_freed_memory: bool = True       # CPU: glibc keeps freed pages mapped, no page faults each step (train/malloc.py)
 
     def __post_init__(self) -> None:
@@ -426,10 +426,11 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         bar = _progress(progress and info.is_main, tcfg.steps, step)
         tokens_seen, t0, bad_steps, last_eval = 0, time.perf_counter(), 0, {}
         params = [p for p in model.parameters() if p.requires_grad]
-        # a fresh run with a budget to fit: every `budget_calibration_steps` steps after the first (which warms
-        # up), the steps of the last window give the pace, and the step count becomes what fits (at most `cap`)
+        # a fresh run with a budget to fit: every `budget_calibration_steps` steps, the pace since step 1 (which
+        # warms up) gives the step count that fits (at most `cap`); the whole run's average, not the last few
+        # steps', so a machine that others load and unload now and then moves the schedule little
         refit_every = tcfg.budget_calibration_steps if tcfg.time_budget_minutes and step == 0 else 0
-        cap, warmup_share, window, said = tcfg.steps, tcfg.warmup_steps / tcfg.steps, (1, 0.0), 0
+        cap, warmup_share, warm, said = tcfg.steps, tcfg.warmup_steps / tcfg.steps, 0.0, 0
         while step < tcfg.steps:
             micro_batches = (next(loader) for _ in range(tcfg.grad_accum))
             result = train_step(model, optimizer, micro_batches, autocast, info, params, tcfg.clip_norm)
@@ -450,11 +451,10 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
 
             elapsed = time.perf_counter() - t0
             if step == 1:
-                window = (1, elapsed)
+                warm = elapsed
             elif refit_every and (step - 1) % refit_every == 0:
-                step_s = (elapsed - window[1]) / (step - window[0])
+                step_s = (elapsed - warm) / (step - 1)
                 scheduler = _fit_to_budget(cfg, step, elapsed, step_s, cap, warmup_share, optimizer, info)
-                window = (step, elapsed)
                 if bar is not None:
                     bar.total = tcfg.steps                      # shown at the bar's next update
                 if info.is_main:
@@ -462,7 +462,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 if abs(tcfg.steps - said) > 0.1 * said:         # the first fit, and then large changes only
                     said = tcfg.steps
                     _say(bar, info, f"step {step}: {said} steps fit the {tcfg.time_budget_minutes:g}-minute budget "
-                                    f"at {step_s:.2f} s a step (warm-up {tcfg.warmup_steps})")
+                                    f"at {step_s:.2f} s a step so far (warm-up {tcfg.warmup_steps})")
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 record = {"split": "train", "step": step, "tokens": step * result.tokens, "loss": loss,
                           "lr": scheduler.get_last_lr()[0],
