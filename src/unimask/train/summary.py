@@ -139,7 +139,7 @@ def end_summary(record: dict, store, valid_store, steps: int, minutes: float, ru
 
 def busy_machine_hint(load: float, cores: int, threads: int) -> str:
     """Where other programs already keep every core busy, several threads wait for each other at every
-    operation (measured here: 2 threads ran 2.5-4x slower than 1 on 2 busy cores), so say so."""
+    operation (measured on 2 busy cores: 2 threads ran 2.5 to 40 times slower than 1), so say so."""
     if threads > 1 and load >= cores:
         return (f" (the machine is busy, load {load:.1f} on {cores} cores: OMP_NUM_THREADS=1 before the command "
                 "may run faster)")
