@@ -14,7 +14,9 @@ init and the dropout masks (seed noise).
 
     python benchmarks/hf_finetune_compare.py --model DIR [--tasks sst2 rte stsb cola] [--seeds 1 2]
 
-Writes --out (default benchmarks/results/hf_finetune_compare.{json,md}) after every run.
+Writes --out (default benchmarks/results/hf_finetune_compare.{json,md}) after every run; runs already in
+that JSON under the same model and protocol are kept (a task x seed run again replaces its row), so the
+tasks can be run in separate invocations.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "hf_finetune_compare")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = p.parse_args()
     if not args.glue.is_dir():
         sys.exit(f"no GLUE data at {args.glue}; pass --glue DIR")
@@ -162,7 +165,11 @@ def main() -> None:
                             "linear decay, AdamW eps 1e-6 wd 0.01, clip 1.0, dropout 0.1, fp32, best dev epoch; "
                             f"SST-2 first {LIMITS['sst2']} training examples; same data order both sides")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    previous = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").is_file() else {}
+    if previous.get("model") == results["model"] and previous.get("protocol") == results["protocol"]:
+        planned = {(name, seed) for name in args.tasks for seed in args.seeds}
+        results["runs"] = [r for r in previous["runs"] if (r["task"], r["seed"]) not in planned]
+    torch.set_num_threads(args.threads)
     for name in args.tasks:
         task = glue_task(name, args.glue / GLUE_DIRS[name], "cls", False)
         train_examples = task.examples("train")[:LIMITS.get(name) or None]
@@ -185,6 +192,8 @@ def main() -> None:
                    "hf_epochs": theirs["epochs"], "unimask_seconds": ours_seconds, "hf_seconds": theirs["seconds"],
                    "ids_differing": differ_train + differ_dev, "examples": len(train) + len(dev)}
             results["runs"].append(run)
+            order = {t: i for i, t in enumerate(["sst2", "rte", "stsb", "cola"])}
+            results["runs"].sort(key=lambda r: (order.get(r["task"], 99), r["task"], r["seed"]))
             print(json.dumps(run), flush=True)
             args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
             args.out.with_suffix(".md").write_text(markdown(results))

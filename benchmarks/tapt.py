@@ -104,7 +104,10 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, help="hf_finetune_compare.json whose unimask SST-2 runs are the 'none' arm")
     p.add_argument("--work", type=Path, default=Path("runs/tapt"))
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tapt")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = p.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
     if not (args.glue / "SST-2" / "train.tsv").is_file():
         sys.exit(f"no SST-2 at {args.glue}; pass --glue DIR")
     args.work.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -485,6 +486,57 @@ def test_bert_pooler_starts_the_cls_classification_head(tmp_path: Path) -> None:
     with torch.no_grad():
         ours = torch.tanh(head.dense(encoder(ids, attention_mask=mask)[:, 0]))
         pooled = theirs.bert(input_ids=ids, attention_mask=mask).pooler_output
+    assert (ours - pooled).abs().max().item() <= 1e-5
+
+
+def test_bert_pooler_is_carried_through_continued_pretraining(family_dirs, family_data, tmp_path: Path, capsys) -> None:
+    """A released BERT with a pooler (BertForPreTraining, as bert-base ships): no objective trains the
+    pooler, but every checkpoint of a run from it carries it unchanged (through --resume and a second
+    --init too), fine-tuning's [CLS] head starts from it, and a bare export is a BertModel holding it,
+    which transformers loads without add_pooling_layer=False and without missing weights."""
+    directory = tmp_path / "bert_pretraining"
+    config = transformers.BertConfig.from_pretrained(family_dirs["bert"])     # and its tokenizer, which made the data
+    theirs = _randomize(transformers.BertForPreTraining(config), 5)
+    theirs.save_pretrained(directory)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (family_dirs["bert"] / name).is_file():
+            shutil.copyfile(family_dirs["bert"] / name, directory / name)
+    released = {"weight": theirs.bert.pooler.dense.weight.detach(), "bias": theirs.bert.pooler.dense.bias.detach()}
+
+    def assert_released_pooler(heads: dict) -> None:
+        assert set(heads["pooler"]) == set(released)
+        for name, tensor in released.items():
+            assert torch.equal(heads["pooler"][name], tensor), name
+
+    run = tmp_path / "maelm"
+    assert main(["pretrain", "--recipe", "maelm_mini", "--init", str(directory), "--data", str(family_data["bert"]),
+                 "--out", str(run), *RUN, "--set", "train.steps=1"]) == 0
+    assert main(["pretrain", "--out", str(run), "--resume", "--set", "train.steps=2", "--quiet"]) == 0
+    latest = checkpoint.find_checkpoint(run)
+    assert latest.name == "step_00000002"
+    assert_released_pooler(checkpoint.read_carried(latest))
+    assert_released_pooler(checkpoint.load_pretrained(run).heads)
+    assert checkpoint.load_pretrained(run, random_init=True).heads == {}
+
+    chained = tmp_path / "mlm"
+    assert main(["pretrain", "--recipe", "mlm_mini", "--init", str(run), "--data", str(family_data["bert"]),
+                 "--out", str(chained), *RUN, "--set", "train.steps=1"]) == 0
+    assert_released_pooler(checkpoint.load_pretrained(chained).heads)
+
+    out = tmp_path / "hf"
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote BertModel" in printed and "add_pooling_layer" not in printed, printed
+    assert "add_pooling_layer" not in (out / "README.md").read_text()
+    model, info = transformers.BertModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert torch.equal(model.pooler.dense.weight, released["weight"])
+    encoder, _ = checkpoint.load_encoder(latest)
+    ids, mask = padded_batch(checkpoint.load_hf_model(out).tokenizer, 0)
+    with torch.no_grad():
+        ours = torch.tanh(torch.nn.functional.linear(encoder.eval()(ids, attention_mask=mask)[:, 0], *released.values()))
+        pooled = model.eval()(input_ids=ids, attention_mask=mask).pooler_output
     assert (ours - pooled).abs().max().item() <= 1e-5
 
 

@@ -42,6 +42,14 @@ RUN_HEADS: dict[str, tuple[str, str]] = {
 """Objective name -> (head kind, its prefix in a checkpoint's model.safetensors): the heads a run carries
 into transformers (`Family.architectures`) and into `pretrain --init` (train/init.py INIT_HEADS)."""
 
+CARRIED_HEADS: tuple[str, ...] = ("pooler",)
+"""Head kinds of a `pretrain --init` model that no objective trains, carried unchanged into every
+checkpoint of the run (`CARRIED_FILE`, tensors named "<kind>.<name>"): BERT's pooler, which
+`BertForSequenceClassification` and unimask's [CLS] head start from, so a continued BERT fine-tunes
+and exports like the released one."""
+
+CARRIED_FILE = "carried.safetensors"
+
 MLM_HEADS: dict[str, str] = {name: prefix for name, (kind, prefix) in RUN_HEADS.items() if kind == "lm"}
 """Objective name -> prefix of its tied `LMHead` (MLM, PMLM)."""
 
@@ -449,8 +457,27 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
 
 def _lm_head(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
     """{"lm": state} when the checkpoint's objective has a tied `LMHead` (`MLM_HEADS`: MLM,
-    PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does."""
+    PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does. Plus the heads carried from
+    the run's --init model (`read_carried`: BERT's pooler, which the [CLS] head starts from)."""
     prefix = MLM_HEADS.get(read_config(checkpoint).get("objective_name"))
-    return {"lm": read_tensors(checkpoint / "model.safetensors", prefix)} if prefix else {}
+    heads = read_carried(checkpoint)
+    return {**heads, "lm": read_tensors(checkpoint / "model.safetensors", prefix)} if prefix else heads
+
+
+def read_carried(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
+    """The heads a checkpoint carries from its run's --init model (`CARRIED_HEADS`), by kind; {} when
+    it carries none (a run from random init, or a checkpoint written before unimask carried them)."""
+    path = checkpoint / CARRIED_FILE
+    if not path.is_file():
+        return {}
+    stored = read_tensors(path, "")
+    return {kind: state for kind in CARRIED_HEADS
+            if (state := {k[len(kind) + 1:]: v for k, v in stored.items() if k.startswith(kind + ".")})}
+
+
+def carried_tensors(heads: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """`heads` (kind -> state) -> the flat tensors of `CARRIED_FILE`, only the kinds in `CARRIED_HEADS`."""
+    return {f"{kind}.{name}": tensor.detach().contiguous() for kind in CARRIED_HEADS
+            for name, tensor in heads.get(kind, {}).items()}
 
 

@@ -21,10 +21,11 @@ def auto_class(architecture: str) -> str:
     return next((auto for suffix, auto in AUTO_CLASSES.items() if architecture.endswith(suffix)), "AutoModel")
 
 
-def load_arguments(architecture: str) -> str:
+def load_arguments(architecture: str, pooler: bool = False) -> str:
     """Extra from_pretrained / pipeline arguments: remote code for unimask's own classes, and BERT's
-    encoder without a pooler (it was never trained; transformers would add a random one and warn)."""
-    without_pooler = ", add_pooling_layer=False" if architecture == "BertModel" else ""
+    encoder without a pooler (pretraining never trains one; transformers would add a random one and
+    warn) unless the directory has the `pooler` its run carried from a released BERT."""
+    without_pooler = ", add_pooling_layer=False" if architecture == "BertModel" and not pooler else ""
     return without_pooler + (", trust_remote_code=True" if architecture.startswith("Unimask") else "")
 
 
@@ -40,8 +41,9 @@ def _architecture(model: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _usage(architecture: str, example: str) -> list[str]:
-    pipeline, extra, auto = PIPELINES.get(architecture), load_arguments(architecture), auto_class(architecture)
+def _usage(architecture: str, example: str, pooler: bool = False) -> list[str]:
+    pipeline, extra = PIPELINES.get(architecture), load_arguments(architecture, pooler)
+    auto = auto_class(architecture)
     lines = ["## How to load", "", "```python"]
     if pipeline:
         lines += ["from transformers import pipeline", "", f'model = pipeline("{pipeline}", model="PATH"{extra})',
@@ -56,6 +58,9 @@ def _usage(architecture: str, example: str) -> list[str]:
     lines += ["```", "", "`PATH` is this directory."]
     if "add_pooling_layer" in extra:
         lines += ["", "`add_pooling_layer=False`: pretraining never trained BERT's pooler, so the directory has none."]
+    elif pooler:
+        lines += ["", "The pooler is the released model's, carried unchanged through continued pretraining "
+                  "(`pretrain --init`), which does not train it."]
     if "trust_remote_code" in extra:
         lines += ["", "The encoder has no transformers class of its own (pre-LN, a relative position bias or mean "
                   "pooling), so the directory carries its code, `modeling_unimask.py` (torch and transformers "
@@ -63,9 +68,10 @@ def _usage(architecture: str, example: str) -> list[str]:
     return lines + [""]
 
 
-def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str, remote: bool) -> str:
+def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str, remote: bool,
+                     pooler: bool = False) -> str:
     """README.md of an exported pretraining checkpoint: objective, architecture, data, steps, tokens
-    seen, the last validation record, usage."""
+    seen, the last validation record, usage (`pooler`: the directory has the pooler carried from --init)."""
     meta = _read_json(checkpoint / "meta.json") or {}
     train, data = config.get("train") or {}, config.get("data") or {}
     step = int(meta.get("step", 0))
@@ -88,7 +94,7 @@ def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str
         lines.append(f"- **Last validation** (step {valid.get('step')}): "
                      + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + ".")
     lines.append("")
-    lines += _usage(architecture, 'outputs = model(**tokenizer("a [MASK] sentence", return_tensors="pt"))')
+    lines += _usage(architecture, 'outputs = model(**tokenizer("a [MASK] sentence", return_tensors="pt"))', pooler)
     lines += [f"Written by unimask {__version__} (`unimask export`).", ""]
     return "\n".join(lines)
 

@@ -36,7 +36,8 @@ from torch import Tensor
 # the readers live in unimask/checkpoint.py; load_encoder, find_checkpoint, is_hf_directory and
 # load_hf_encoder stay importable from here (README: Export), as do the BERT tables and `rename`
 from ..checkpoint import (MLM_HEADS, RUN_HEADS, find_checkpoint, fit_state, is_hf_directory,  # noqa: F401
-                          load_encoder, load_hf_encoder, read_config, read_tensors, read_tokenizer, special_tokens_of)
+                          load_encoder, load_hf_encoder, read_carried, read_config, read_tensors, read_tokenizer,
+                          special_tokens_of)
 from ..errors import UserError
 from ..model.encoder import Encoder, EncoderConfig, embedding_width
 from ..model.families import (BERT_SPECIAL_TOKENS, BERT_TO_ENCODER_CONFIG, ENCODER_TO_BERT,  # noqa: F401
@@ -55,6 +56,7 @@ class Exported(NamedTuple):
     checkpoint: Path
     architecture: str
     out: Path
+    pooler: bool = False          # a BertModel written with the pooler its run carried from --init
 
 
 def check_bert_compatible(cfg: EncoderConfig) -> None:
@@ -217,12 +219,15 @@ def export_family(
     family: Family,
     overwrite: bool = False,
     card: str | None = None,
+    pooler: dict[str, Tensor] | None = None,
 ) -> str:
     """Write a transformers directory of `family` (BERT, RoBERTa, ELECTRA; model/families.py) to `out`;
     returns the architecture written (`family.architectures`). `head` is (kind, state): "lm" (an
     `LMHead` state) -> *ForMaskedLM, "rtd" (ELECTRA's `RTDHead`) -> ElectraForPreTraining; None -> the
-    bare *Model. The tensors are renamed, never changed: transformers reproduces unimask's outputs
-    (tests/test_families.py). UserError when the family cannot hold the encoder."""
+    bare *Model. `pooler` (BERT's pooler as a dense layer's state, carried from a --init model) goes
+    into a bare BertModel; the *For* classes written here have none. The tensors are renamed, never
+    changed: transformers reproduces unimask's outputs (tests/test_families.py). UserError when the
+    family cannot hold the encoder."""
     reasons = family.check_holds(cfg)
     if reasons:
         raise UserError(f"cannot export to transformers {FAMILY_TITLES[family.name]}: {'; '.join(reasons)}; {_LOAD_HINT}")
@@ -243,6 +248,8 @@ def export_family(
     architecture = family.architectures[kind]
     if head_state is None:
         tensors = rename(encoder_state, family.encoder_table)
+        if pooler and "pooler" in family.heads:
+            tensors.update(rename(pooler, family.heads["pooler"]))
     else:
         tensors = {**rename(encoder_state, family.encoder_table, family.prefix), **rename(head_state, family.heads[kind])}
     values = family.config_dict(cfg)
@@ -343,11 +350,12 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     tokenizer_json = checkpoint / "tokenizer.json"
     if chosen is not None:
         architecture = chosen.architectures[kind]
-        card = pretraining_card(checkpoint, config, architecture, False)
+        pooler = read_carried(checkpoint).get("pooler") if not kind and "pooler" in chosen.heads else None
+        card = pretraining_card(checkpoint, config, architecture, False, pooler=pooler is not None)
         export_family(encoder.state_dict(), (kind, head_state) if kind else None, cfg, tokenizer_json, out, chosen,
-                      overwrite, card)
-        return Exported(checkpoint, architecture, out)
-    architecture = "Unimask" + ("ForMaskedLM" if head_state is not None else "Model")
+                      overwrite, card, pooler)
+        return Exported(checkpoint, architecture, out, pooler is not None)
+    architecture = "Unimask" + ("ForMaskedLM" if head_state is not None else "Model")   # no pooler class
     card = pretraining_card(checkpoint, config, architecture, True)
 
     def write_model(directory: Path) -> None:
@@ -383,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no checkpoint given; pass a run directory or checkpoint as PATH (or --checkpoint)")
     from .card import PIPELINES, auto_class, load_arguments
     done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite, family=args.family)
-    extra = load_arguments(done.architecture)
+    extra = load_arguments(done.architecture, done.pooler)
     how = (f'transformers.pipeline("{PIPELINES[done.architecture]}", model={str(done.out)!r}{extra})'
            if done.architecture in PIPELINES else
            f"transformers.{auto_class(done.architecture)}.from_pretrained({str(done.out)!r}{extra})")

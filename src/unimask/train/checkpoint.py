@@ -6,6 +6,7 @@ RUN/checkpoints/step_00001000/
     train_state.json         the rest of the training state, tensors replaced by references
     config.json              the resolved RunConfig
     tokenizer.json           the tokenizer the model was trained with
+    carried.safetensors      heads carried unchanged from the run's --init model (BERT's pooler), if any
     meta.json                format, step, the size and SHA-256 of every file above (written last)
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a run killed
@@ -102,9 +103,10 @@ def latest_checkpoint(path: Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict,
                     config: dict, tokenizer_file: Path | None, keep_last: int,
-                    keep_steps: tuple[int, ...] = ()) -> Path:
+                    keep_steps: tuple[int, ...] = (), carried: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint `step` of the run (see the module docstring); then keep only the last
-    `keep_last` (and those at `keep_steps`, train.save_at). UserError (see `rundir.guard_disk`) when the disk cannot hold it, before writing or
+    `keep_last` (and those at `keep_steps`, train.save_at). `carried`: the tensors of
+    carried.safetensors (`unimask.checkpoint.carried_tensors`), none written when empty. UserError (see `rundir.guard_disk`) when the disk cannot hold it, before writing or
     during the write; the temporary directory is removed and the earlier checkpoints stay."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _pack(train_state, tensors, "state")
-    needed = tensor_bytes(model_state) + tensor_bytes(tensors)
+    needed = tensor_bytes(model_state) + tensor_bytes(tensors) + tensor_bytes(carried or {})
     needed += tokenizer_file.stat().st_size if tokenizer_file is not None else 0
     fix = "the earlier checkpoints are intact: free some space (or lower train.keep_last), then --resume"
     with guard_disk(tmp, needed, f"checkpoint {final.name}", fix):
@@ -121,6 +123,8 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
         tmp.mkdir()
         save_tensors(model_state, tmp / "model.safetensors")
         save_tensors(tensors, tmp / "train_state.safetensors")
+        if carried:
+            save_tensors(carried, tmp / "carried.safetensors")
         (tmp / "train_state.json").write_text(json.dumps(skeleton))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if tokenizer_file is not None:

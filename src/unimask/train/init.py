@@ -4,6 +4,8 @@ PATH is a unimask run directory or checkpoint, or a transformers directory of a 
 model/families.py (BERT, RoBERTa, ELECTRA discriminator). The encoder's weights and its architecture
 come from PATH; heads the objective shares with PATH come too (`INIT_HEADS`: MLM and PMLM start from
 BERT's / RoBERTa's / a unimask MLM run's LM head, ELECTRA from an ELECTRA discriminator's RTD head);
+heads no objective trains (`checkpoint.CARRIED_HEADS`: BERT's pooler) are carried unchanged into every
+checkpoint of the run, so it fine-tunes and exports as the released model did;
 everything else the objective owns (generators, MAE-LM's decoder) is built fresh, and the optimizer,
 scheduler and step start at zero. `--init-generator PATH` (ELECTRA and COCO-LM) loads their generator
 from a transformers ELECTRA generator directory (`ElectraForMaskedLM`, e.g. the released
@@ -43,15 +45,15 @@ class Init(NamedTuple):
     state: dict[str, Tensor]                   # Encoder state dict
     config: EncoderConfig
     tokenizer: Tokenizer
-    heads: dict[str, dict[str, Tensor]]        # "lm" / "rtd" -> head state dict
+    heads: dict[str, dict[str, Tensor]]        # "lm" / "rtd" / "pooler" -> head state dict
     family: str                                # the transformers family the weights came from ("" none)
 
 
 def read_init(path: str | Path) -> Init:
     """The weights, architecture, tokenizer and carried heads of a unimask checkpoint / run or a
     transformers directory (export.hf.load_hf_model); UserError naming what is wrong."""
-    from ..checkpoint import (RUN_HEADS, find_checkpoint, is_hf_directory, load_encoder, load_hf_model, read_config,
-                              read_tensors, read_tokenizer)
+    from ..checkpoint import (RUN_HEADS, find_checkpoint, is_hf_directory, load_encoder, load_hf_model, read_carried,
+                              read_config, read_tensors, read_tokenizer)
 
     path = Path(path).expanduser()
     if is_hf_directory(path):
@@ -61,7 +63,7 @@ def read_init(path: str | Path) -> Init:
     checkpoint = find_checkpoint(path)
     encoder, cfg = load_encoder(checkpoint)
     tokenizer = read_tokenizer(checkpoint / "tokenizer.json", cfg)
-    heads = {}
+    heads = read_carried(checkpoint)
     config = read_config(checkpoint)
     kind_prefix = RUN_HEADS.get(config.get("objective_name"))
     if kind_prefix is not None:

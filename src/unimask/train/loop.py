@@ -290,6 +290,7 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
     Raises UserError for bad input (another process holding `run_dir` included) and `Stopped` after
     SIGTERM or SIGINT, once the checkpoint of the step it stopped after is saved."""
     from .. import config as config_mod
+    from ..checkpoint import carried_tensors, read_carried
     from ..data.default_corpus import resolve_data
     from ..data.loader import Blocks, TrainLoader, eval_batches
     from ..data.store import TokenStore
@@ -323,10 +324,12 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 raise UserError(f"train.steps={tcfg.steps} is below {existing}'s step {saved_step}; "
                                 f"set train.steps to at least {saved_step} to continue that run")
         init = generator_init = None
+        carried = carried_tensors(read_carried(existing)) if existing is not None else {}   # checkpoint.CARRIED_HEADS
         if cfg.init and existing is None:   # a new run from released weights (train/init.py)
             from .init import (check_model_overrides, check_objective_overrides, check_tokenizer, generator_fields,
                                read_init, read_init_generator)
             init = read_init(cfg.init)
+            carried = carried_tensors(init.heads)
             check_model_overrides(init.config, cfg.model, cfg.init)
             check_tokenizer(init, store.tokenizer(), data_dir)
             if cfg.init_generator:
@@ -392,7 +395,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
                 model_state, train_state = _gather_state(model, optimizer, scheduler, loader)
                 if info.is_main:
                     ckpt_mod.save_checkpoint(run_dir, at_step, model_state, train_state, cfg.to_dict(),
-                                             data_dir / "tokenizer.json", tcfg.keep_last, keep_steps=tcfg.save_at)
+                                             data_dir / "tokenizer.json", tcfg.keep_last, keep_steps=tcfg.save_at,
+                                             carried=carried)
                 parallel.barrier()
             saved_at = at_step
 
