@@ -79,6 +79,24 @@ def test_a_run_fitted_to_its_budget_ends_its_schedule_and_says_what_it_did(kjv_d
         assert said in err, said
 
 
+def test_the_default_precision_on_a_cpu_without_bf16_is_fp32_and_says_why(kjv_data, tmp_path, capsys, monkeypatch):
+    """precision auto (the default job's) on a CPU without bf16 instructions trains in fp32 and the
+    start summary names the reason; with them, the summary says bf16 (or that it was not faster)."""
+    from unimask import runtime
+
+    for has_bf16 in (False, True):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has_bf16: has)
+        cfg = tiny_run_config(kjv_data, steps=1, warmup_steps=0)
+        cfg.train.precision = "auto"
+        loop.train(cfg, tmp_path / f"run-{has_bf16}", progress=False)
+        err = capsys.readouterr().err
+        if has_bf16:
+            assert re.search(r"device    cpu, (bf16 \(auto: bf16 matmuls are faster here\)|fp32 \(auto: bf16 is not "
+                             r"faster here\))", err), err
+        else:
+            assert "device    cpu, fp32 (auto: this CPU has no bf16 instructions (AVX512-BF16, AMX))" in err, err
+
+
 @pytest.fixture
 def umask_027():
     old = os.umask(0o027)
