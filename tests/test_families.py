@@ -539,6 +539,49 @@ def test_bert_pooler_is_carried_through_continued_pretraining(family_dirs, famil
         pooled = model.eval()(input_ids=ids, attention_mask=mask).pooler_output
     assert (ours - pooled).abs().max().item() <= 1e-5
 
+    # an MLM run exports as BertForMaskedLM, which has no pooler: the card says how to keep it (--bare)
+    assert main(["export", str(chained), "--out", str(tmp_path / "hf-mlm")]) == 0
+    assert "wrote BertForMaskedLM" in capsys.readouterr().out
+    assert "unimask export --bare" in (tmp_path / "hf-mlm" / "README.md").read_text()
+    assert main(["export", str(chained), "--out", str(tmp_path / "hf-bare"), "--bare"]) == 0
+    assert "wrote BertModel" in capsys.readouterr().out
+    model, info = transformers.BertModel.from_pretrained(tmp_path / "hf-bare", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert torch.equal(model.pooler.dense.bias, released["bias"])
+
+    # a carried file that meta.json does not vouch for is not the run's
+    meta_path = checkpoint.find_checkpoint(chained) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("sha256", "bytes"):
+        meta[key].pop("carried.safetensors")
+    meta_path.write_text(json.dumps(meta))
+    assert checkpoint.read_carried(meta_path.parent) == {}
+
+
+def test_carried_heads_are_fp32_and_a_damaged_pooler_is_refused(family_dirs, family_data, tmp_path: Path, capsys) -> None:
+    """The carried pooler is stored in the checkpoint's fp32 whatever the --init model was saved in; a
+    pooler missing a tensor is a one-line error before any run directory is made."""
+    half = {"pooler": {"weight": torch.ones(4, 4, dtype=torch.float16), "bias": torch.ones(4, dtype=torch.bfloat16)}}
+    assert {t.dtype for t in checkpoint.carried_tensors(half).values()} == {torch.float32}
+    assert checkpoint.carried_tensors({"lm": {"weight": torch.ones(2)}}) == {}          # only CARRIED_HEADS
+
+    directory = tmp_path / "bert_damaged"
+    config = transformers.BertConfig.from_pretrained(family_dirs["bert"])
+    transformers.BertModel(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (family_dirs["bert"] / name).is_file():
+            shutil.copyfile(family_dirs["bert"] / name, directory / name)
+    stored = load_file(directory / "model.safetensors")
+    del stored["pooler.dense.bias"]
+    from safetensors.torch import save_file
+    save_file(stored, directory / "model.safetensors", metadata={"format": "pt"})
+    run = tmp_path / "run"
+    assert main(["pretrain", "--recipe", "maelm_mini", "--init", str(directory), "--data", str(family_data["bert"]),
+                 "--out", str(run), *RUN, "--set", "train.steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has an incomplete or misshapen pooler (weight (32, 32); expected weight (32, 32) and bias (32,))" in err, err
+    assert not run.exists()
+
 
 @pytest.mark.parametrize("family,objective,architecture", [("roberta", "mlm", "RobertaForMaskedLM"),
                                                            ("electra", "electra", "ElectraForPreTraining"),

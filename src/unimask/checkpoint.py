@@ -315,6 +315,13 @@ def load_hf_model(path: str | Path) -> HFModel:
                 if (mine := _rename_back(k.removeprefix(prefix) if prefix else k, table)) is not None}
         if head:
             heads[name] = head
+    if "pooler" in heads:                        # a [CLS] head's dense layer: (D, D) weight and (D,) bias
+        shapes = {k: tuple(v.shape) for k, v in heads["pooler"].items()}
+        expected = {"weight": (cfg.hidden_size, cfg.hidden_size), "bias": (cfg.hidden_size,)}
+        if shapes != expected:
+            raise UserError(f"{weights} has an incomplete or misshapen pooler ({', '.join(f'{k} {v}' for k, v in shapes.items())}; "
+                            f"expected weight {expected['weight']} and bias {expected['bias']}); the directory is "
+                            "damaged: re-save it, or drop the pooler tensors from it")
     return HFModel(encoder.eval(), cfg, tokenizer, family, heads, special_tokens, path)
 
 
@@ -466,18 +473,26 @@ def _lm_head(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
 
 def read_carried(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
     """The heads a checkpoint carries from its run's --init model (`CARRIED_HEADS`), by kind; {} when
-    it carries none (a run from random init, or a checkpoint written before unimask carried them)."""
+    it carries none (a run from random init, or a checkpoint written before unimask carried them). A
+    carried file its meta.json does not list (so no checksum vouches for it) is not the run's: ignored."""
     path = checkpoint / CARRIED_FILE
     if not path.is_file():
+        return {}
+    try:
+        listed = CARRIED_FILE in json.loads((checkpoint / "meta.json").read_text(encoding="utf-8")).get("sha256", {})
+    except (OSError, ValueError, AttributeError):
+        listed = False
+    if not listed:
         return {}
     stored = read_tensors(path, "")
     return {kind: state for kind in CARRIED_HEADS
             if (state := {k[len(kind) + 1:]: v for k, v in stored.items() if k.startswith(kind + ".")})}
 
 
-def carried_tensors(heads: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-    """`heads` (kind -> state) -> the flat tensors of `CARRIED_FILE`, only the kinds in `CARRIED_HEADS`."""
-    return {f"{kind}.{name}": tensor.detach().contiguous() for kind in CARRIED_HEADS
+def carried_tensors(heads: dict[str, dict[str, Tensor]], dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """`heads` (kind -> state) -> the flat tensors of `CARRIED_FILE`, only the kinds in `CARRIED_HEADS`,
+    in `dtype` (the checkpoint's: fp32 master weights, whatever the --init model was saved in)."""
+    return {f"{kind}.{name}": tensor.detach().to(dtype).contiguous() for kind in CARRIED_HEADS
             for name, tensor in heads.get(kind, {}).items()}
 
 

@@ -107,6 +107,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=["bert", "electra", "roberta"], default=None,
                    help="the transformers family to write (default: the one --init came from, else BERT; remote code "
                         "where none holds the encoder)")
+    p.add_argument("--bare", action="store_true",
+                   help="write the bare encoder class (BertModel, RobertaModel, ElectraModel, UnimaskModel) without the "
+                        "objective's head; a BERT continued from a released one keeps its pooler")
 
 
 def bench_common_arguments(p: argparse.ArgumentParser) -> None:

@@ -69,9 +69,10 @@ def _usage(architecture: str, example: str, pooler: bool = False) -> list[str]:
 
 
 def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str, remote: bool,
-                     pooler: bool = False) -> str:
+                     pooler: bool = False, pooler_left_out: bool = False) -> str:
     """README.md of an exported pretraining checkpoint: objective, architecture, data, steps, tokens
-    seen, the last validation record, usage (`pooler`: the directory has the pooler carried from --init)."""
+    seen, the last validation record, usage (`pooler`: the directory has the pooler carried from --init;
+    `pooler_left_out`: the run carries one that `architecture` has no place for)."""
     meta = _read_json(checkpoint / "meta.json") or {}
     train, data = config.get("train") or {}, config.get("data") or {}
     step = int(meta.get("step", 0))
@@ -95,6 +96,9 @@ def pretraining_card(checkpoint: Path, config: dict[str, Any], architecture: str
                      + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + ".")
     lines.append("")
     lines += _usage(architecture, 'outputs = model(**tokenizer("a [MASK] sentence", return_tensors="pt"))', pooler)
+    if pooler_left_out:
+        lines += [f"The run carries the released model's pooler, which `{architecture}` has no place for; "
+                  "`unimask export --bare` writes a `BertModel` with it (for `BertForSequenceClassification`).", ""]
     lines += [f"Written by unimask {__version__} (`unimask export`).", ""]
     return "\n".join(lines)
 

@@ -319,13 +319,16 @@ def export_family_of(cfg: EncoderConfig, config: dict, requested: str | None = N
     return None if family.check_holds(cfg) else family
 
 
-def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None) -> Exported:
+def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None,
+                      bare: bool = False) -> Exported:
     """Export a checkpoint (or a run directory's latest) to `out`, natively in a transformers family
     (`export_family_of`: BERT, or the RoBERTa / ELECTRA it was continued from) with the head its
     objective shares with that family (`RUN_HEADS`: the tied MLM head -> *ForMaskedLM, ELECTRA's RTD
     head -> ElectraForPreTraining; else the bare *Model), or with remote code (UnimaskForMaskedLM /
     UnimaskModel, export/remote.py) when no family can hold the encoder. Objectives with auxiliary
-    networks (MAE-LM's decoder, ELECTRA's and COCO-LM's generators) export their encoder only."""
+    networks (MAE-LM's decoder, ELECTRA's and COCO-LM's generators) export their encoder only; `bare`
+    leaves the head out for every objective. A bare BERT holds the pooler the run carried from its
+    --init model (`read_carried`), which the *ForMaskedLM classes have no place for."""
     from .card import pretraining_card
     from .remote import write_remote_model
 
@@ -338,7 +341,7 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
                         "ELECTRA only, and neither holds this one")
     objective = config.get("objective_name")
     kind, prefix = RUN_HEADS.get(objective, ("", ""))
-    if kind not in (chosen.architectures if chosen is not None else ("lm",)):
+    if bare or kind not in (chosen.architectures if chosen is not None else ("lm",)):
         kind = ""                                          # a head the target has no class for stays behind
     head_state = None
     if kind:
@@ -350,8 +353,10 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     tokenizer_json = checkpoint / "tokenizer.json"
     if chosen is not None:
         architecture = chosen.architectures[kind]
-        pooler = read_carried(checkpoint).get("pooler") if not kind and "pooler" in chosen.heads else None
-        card = pretraining_card(checkpoint, config, architecture, False, pooler=pooler is not None)
+        carried = read_carried(checkpoint).get("pooler") if "pooler" in chosen.heads else None
+        pooler = carried if not kind else None
+        card = pretraining_card(checkpoint, config, architecture, False, pooler=pooler is not None,
+                                pooler_left_out=carried is not None and pooler is None)
         export_family(encoder.state_dict(), (kind, head_state) if kind else None, cfg, tokenizer_json, out, chosen,
                       overwrite, card, pooler)
         return Exported(checkpoint, architecture, out, pooler is not None)
@@ -367,16 +372,18 @@ def export_checkpoint(path: str | Path, out: str | Path, overwrite: bool = False
     return Exported(checkpoint, architecture, out)
 
 
-def export_any(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None) -> Exported:
+def export_any(path: str | Path, out: str | Path, overwrite: bool = False, family: str | None = None,
+               bare: bool = False) -> Exported:
     """A `unimask finetune` output (finetune.json in PATH or PATH/best) -> export/finetuned.py's
     writer; anything else is a pretraining run or checkpoint -> `export_checkpoint`."""
     path = Path(path).expanduser()
     if any((candidate / "finetune.json").is_file() for candidate in (path, path / "best")):
-        if family is not None:
-            raise UserError("--family is for pretraining checkpoints; a fine-tuned model exports as BERT or remote code")
+        if family is not None or bare:
+            raise UserError(f"--{'family' if family is not None else 'bare'} is for pretraining checkpoints; a "
+                            "fine-tuned model exports with its task head, as BERT or remote code")
         from .finetuned import export_finetuned
         return export_finetuned(path, out, overwrite)
-    return export_checkpoint(path, out, overwrite, family)
+    return export_checkpoint(path, out, overwrite, family, bare)
 
 
 EXPORTERS = {"hf": export_any}
@@ -390,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     if not path:
         raise UserError("no checkpoint given; pass a run directory or checkpoint as PATH (or --checkpoint)")
     from .card import PIPELINES, auto_class, load_arguments
-    done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite, family=args.family)
+    done = EXPORTERS[args.to](path, args.out, overwrite=args.overwrite, family=args.family, bare=args.bare)
     extra = load_arguments(done.architecture, done.pooler)
     how = (f'transformers.pipeline("{PIPELINES[done.architecture]}", model={str(done.out)!r}{extra})'
            if done.architecture in PIPELINES else

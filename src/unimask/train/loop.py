@@ -365,7 +365,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
             heads = apply_init(plain.encoder, plain.objective, cfg.objective_name, init)
             if info.is_main:
                 print(f"initialised the encoder{' and the ' + ', '.join(heads) + ' head' if heads else ''} "
-                      f"from {init.source}", file=sys.stderr)
+                      f"from {init.source}" + ("; its pooler is carried unchanged into every checkpoint"
+                                               if "pooler" in init.heads else ""), file=sys.stderr)
         model = parallel.parallelize(plain, info, tcfg.parallel, tcfg.compile, tcfg.attention)
         torch.manual_seed(tcfg.seed * 1000 + info.rank)      # per-rank dropout streams
         optimizer = build_optimizer(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.adam_eps, tcfg.weight_decay)
