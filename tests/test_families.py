@@ -219,7 +219,7 @@ def test_tokenizer_json_padding_and_truncation_are_switched_off(tmp_path: Path) 
         assert len(tok.encode("the " * 300).ids) == 302                  # no truncation either
 
 
-def test_unsupported_family_and_missing_files(tmp_path: Path, family_dirs) -> None:
+def test_unsupported_family_and_missing_files(tmp_path: Path, family_dirs, capsys) -> None:
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     assert checkpoint.is_hf_directory(tmp_path / "gpt")
@@ -236,6 +236,15 @@ def test_unsupported_family_and_missing_files(tmp_path: Path, family_dirs) -> No
         (no_tokenizer / name).write_bytes((family_dirs["bert"] / name).read_bytes())
     with pytest.raises(UserError, match="has no tokenizer files: expected tokenizer.json, or vocab.txt"):
         checkpoint.load_hf_model(no_tokenizer)
+    small = tmp_path / "small_vocab"                  # weights and tokenizer of different models
+    shutil.copytree(family_dirs["bert"], small)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 10}))
+    with pytest.raises(UserError, match=r"tokenizer.json has \d+ tokens but the model only 10 embeddings"):
+        checkpoint.load_hf_model(small)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--recipe", "mlm_mini", "--init", str(small), "--data", str(tmp_path), "--out", str(run)]) == 2
+    assert "tokens but the model only 10 embeddings" in capsys.readouterr().err and not run.exists()
 
 
 # ---- unimask prepare --tokenizer DIR, unimask pretrain --init DIR -----------------------------------
