@@ -29,7 +29,7 @@ from .model.encoder import Encoder, EncoderConfig
 from .model.families import (BERT_SPECIAL_TOKENS, FAMILIES, FAMILY_TITLES, ROBERTA_SPECIAL_TOKENS, Family,
                              rename)
 from .rundir import damaged_file
-from .train.checkpoint import latest_checkpoint, verify
+from .train.checkpoint import CARRIED_FILE, latest_checkpoint, verify
 
 if TYPE_CHECKING:
     from .tasks.base import Task
@@ -47,8 +47,6 @@ CARRIED_HEADS: tuple[str, ...] = ("pooler",)
 checkpoint of the run (`CARRIED_FILE`, tensors named "<kind>.<name>"): BERT's pooler, which
 `BertForSequenceClassification` and unimask's [CLS] head start from, so a continued BERT fine-tunes
 and exports like the released one."""
-
-CARRIED_FILE = "carried.safetensors"
 
 MLM_HEADS: dict[str, str] = {name: prefix for name, (kind, prefix) in RUN_HEADS.items() if kind == "lm"}
 """Objective name -> prefix of its tied `LMHead` (MLM, PMLM)."""
@@ -456,13 +454,13 @@ def load_pretrained(path: str | Path, random_init: bool = False, name: str | Non
         encoder, cfg = load_encoder(checkpoint)
         tokenizer = read_tokenizer(checkpoint / "tokenizer.json", cfg)
         source = str(checkpoint)
-        heads = {} if random_init else _lm_head(checkpoint)
+        heads = {} if random_init else _checkpoint_heads(checkpoint)
     label = name or (path.name + (" (random init)" if random_init else ""))
     state = None if random_init else {k: v.clone() for k, v in encoder.state_dict().items()}
     return Pretrained(state, cfg, tokenizer, label, source, heads)
 
 
-def _lm_head(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
+def _checkpoint_heads(checkpoint: Path) -> dict[str, dict[str, Tensor]]:
     """{"lm": state} when the checkpoint's objective has a tied `LMHead` (`MLM_HEADS`: MLM,
     PMLM); generation fine-tuning starts from it, as UniLM's s2s-ft does. Plus the heads carried from
     the run's --init model (`read_carried`: BERT's pooler, which the [CLS] head starts from)."""

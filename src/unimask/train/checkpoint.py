@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..rundir import damaged_file, file_records, guard_disk, save_tensors, tensor_bytes
 
 FORMAT = "unimask-checkpoint/1"
+CARRIED_FILE = "carried.safetensors"          # heads carried from a --init model (unimask.checkpoint.CARRIED_HEADS)
 STEP_PREFIX = "step_"
 
 
@@ -105,9 +106,10 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
                     config: dict, tokenizer_file: Path | None, keep_last: int,
                     keep_steps: tuple[int, ...] = (), carried: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint `step` of the run (see the module docstring); then keep only the last
-    `keep_last` (and those at `keep_steps`, train.save_at). `carried`: the tensors of
-    carried.safetensors (`unimask.checkpoint.carried_tensors`), none written when empty. UserError (see `rundir.guard_disk`) when the disk cannot hold it, before writing or
-    during the write; the temporary directory is removed and the earlier checkpoints stay."""
+    `keep_last` (and those at `keep_steps`, train.save_at). `carried`: the tensors of CARRIED_FILE
+    (`unimask.checkpoint.carried_tensors`), none written when empty. UserError (see
+    `rundir.guard_disk`) when the disk cannot hold it, before writing or during the write; the
+    temporary directory is removed and the earlier checkpoints stay."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(run_dir, step)
@@ -124,7 +126,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
         save_tensors(model_state, tmp / "model.safetensors")
         save_tensors(tensors, tmp / "train_state.safetensors")
         if carried:
-            save_tensors(carried, tmp / "carried.safetensors")
+            save_tensors(carried, tmp / CARRIED_FILE)
         (tmp / "train_state.json").write_text(json.dumps(skeleton))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if tokenizer_file is not None:
