@@ -66,8 +66,9 @@ def test_equal_flops_within_one_step(kjv_data, tmp_path) -> None:
 
 
 def test_tiny_arena_end_to_end_and_resume(kjv_data, glue, tmp_path, monkeypatch) -> None:
-    """Two objectives, two evaluation points each, probe + fine-tuning; interrupted during the
-    evaluations, the rerun retrains nothing, rescoring only what was missing, and writes the report."""
+    """Two objectives, two evaluation points each, probe + fine-tuning; each contestant is scored as
+    soon as its run ends; interrupted there, the rerun retrains nothing that finished, rescoring only
+    what was missing, and writes the report."""
     out = tmp_path / "arena"
     ev = arena.EvalConfig(glue=str(glue), probe=("sst2",), finetune=("sst2",), lrs=(1e-3,), seeds=(1, 2), epochs=1,
                           max_train_examples=0, precision="fp32", device="cpu")
@@ -82,14 +83,15 @@ def test_tiny_arena_end_to_end_and_resume(kjv_data, glue, tmp_path, monkeypatch)
     monkeypatch.setattr(arena, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None)
-    trained = {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in ("mlm", "electra")}
+    trained = (out / "runs" / "mlm" / "metrics.jsonl").read_text()     # mlm trained and scored, then the floor
     cached = sorted(p.relative_to(out).as_posix() for p in (out / "evals").rglob("*.json"))
-    assert len(cached) == 2
+    assert len(cached) == 2 and all(p.startswith("evals/mlm/") for p in cached)
+    assert not (out / "runs" / "electra" / "metrics.jsonl").exists()
 
     calls.clear()
     monkeypatch.setattr(arena, "score", lambda p, e: (calls.append(p.name), real_score(p, e))[1])
     result = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None)
-    assert {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in trained} == trained   # not retrained
+    assert (out / "runs" / "mlm" / "metrics.jsonl").read_text() == trained        # not retrained
     rows = result["rows"]
     assert [(r["objective"], round(r["fraction"], 1)) for r in rows if r["objective"] != "random init"] == \
         [("mlm", 0.5), ("mlm", 1.0), ("electra", 0.5), ("electra", 1.0)]
@@ -129,3 +131,49 @@ def test_arena_refusals(kjv_data, glue, tmp_path, capsys) -> None:
         (glue / "STS-B").mkdir(exist_ok=True)
         (glue / "STS-B" / "train.tsv").write_text("x\n")
         arena.EvalConfig(glue=str(glue), probe=("stsb",))
+
+
+@pytest.mark.slow
+def test_side_by_side_jobs_calibrate_train_score_and_resume_alone(kjv_data, glue, tmp_path) -> None:
+    """--jobs 2: both contestants are timed side by side, then trained and scored in two worker
+    processes; a rerun with one job finds the runs and the scores and redoes none of them."""
+    timed = arena.contestants(config(tflops=0.0, minutes=1.0, calibration_steps=3), kjv_data, tmp_path / "t", jobs=2)
+    assert [c.objective for c in timed] == ["mlm", "electra"] and not (tmp_path / "t" / "calibration").exists()
+    for c in timed:
+        assert c.seconds_per_step > 0 and c.steps == int(60 / c.seconds_per_step)
+
+    out = tmp_path / "arena"
+    ev = arena.EvalConfig(glue=str(glue), probe=("sst2",), max_train_examples=0, precision="fp32", device="cpu")
+    result = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=2)
+    assert result["jobs"] == 2 and result["threads_per_job"] >= 1
+    for name, c in result["contestants"].items():
+        assert [r["step"] for r in result["rows"] if r["objective"] == name] == c["points"]
+        assert (out / "runs" / name / "checkpoints" / f"step_{c['steps']:08d}").is_dir()
+        assert all((out / "evals" / name / f"step_{step:08d}.json").is_file() for step in c["points"])
+    assert sum(r["objective"] == "random init" for r in result["rows"]) == 1     # one architecture, one floor
+    assert "2 side by side" in (out / "arena.md").read_text()
+    trained = {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in ("mlm", "electra")}
+
+    scored = []
+    real_score = arena.score
+    arena.score = lambda p, e: (scored.append(p.name), real_score(p, e))[1]
+    try:
+        again = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=1)
+    finally:
+        arena.score = real_score
+    assert scored == [] and again["rows"] == result["rows"] and again["contestants"] == result["contestants"]
+    assert {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in trained} == trained
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=0)
+
+
+def test_a_run_that_stops_short_is_named_not_scored(kjv_data, tmp_path, monkeypatch) -> None:
+    """A contestant whose training returns before its last step (a signal, a crash caught upstream)
+    is a one-line error that says to rerun, not a failure to find a checkpoint later."""
+    import unimask.train.loop as loop
+
+    c = arena.contestants(config(objectives=("mlm",)), kjv_data, tmp_path)[0]
+    monkeypatch.setattr(loop, "train", lambda *a, **k: None)
+    with pytest.raises(UserError, match=rf"mlm stopped at step 0 of {c.steps}; rerun the same command"):
+        arena.train_contestant(c, say=lambda *a: None)
+    assert c.config.train.time_budget_minutes == 0         # the arena's steps are fixed: nothing refits them

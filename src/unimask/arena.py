@@ -9,14 +9,14 @@ each objective's `train_flops_per_token`: generators, decoders and pseudo-masks 
 wall-clock minutes, turned into steps by timing a few steps of each contestant first. Steps =
 budget / FLOPs per step, rounded down, so the contestants' budgets agree within one step.
 
-Checkpoints at `points` evenly spaced fractions of each run (`train.save_at`) are evaluated by the
-same protocol: the frozen-feature probe (tasks/probe.py: the best layer and pooling on dev) and
+Checkpoints at `points` evenly spaced fractions of each run (`train.save_at`) are evaluated, as
+soon as the run ends, by the same protocol: the frozen-feature probe (tasks/probe.py: the best layer and pooling on dev) and
 fine-tuning with a fixed lr x seed sweep (tasks/finetune.py: the median over seeds at the best lr),
 on GLUE tasks; random init of each contestant's architecture is the floor. OUT/arena.json and
 OUT/arena.md hold the table, OUT/arena_flops.png and OUT/arena_time.png the curves (score against
 training FLOPs and against training wall-clock, one line per objective). Running the same command
 again resumes an interrupted arena: finished runs and evaluations are read back, an unfinished run
-continues from its last checkpoint.
+continues from its last checkpoint. `jobs` > 1 runs contestants side by side (`run_arena`).
 
 Claims it lets users check (Clark et al. 2020, section 3.3; Meng et al. 2021, section 5.1; Meng et
 al. 2024, table 1; Bao et al. 2020, table 6): ELECTRA and COCO-LM beat MLM at equal compute, MAE-LM
@@ -162,11 +162,12 @@ def flops_per_step(run_cfg, vocab_size: int) -> float:
     return per_token * seq * batch * run_cfg.train.grad_accum
 
 
-def with_schedule(run_cfg, steps: int, points: tuple[int, ...], warmup_fraction: float, minutes: float = 0.0):
-    """`run_cfg` with `steps`, warm-up and decay fitted to them, and checkpoints at `points`."""
+def with_schedule(run_cfg, steps: int, points: tuple[int, ...], warmup_fraction: float):
+    """`run_cfg` with `steps`, warm-up and decay fitted to them, and checkpoints at `points`; no time
+    budget (the trainer would refit the steps to it, and the arena's steps are the contest)."""
     run_cfg = dataclasses.replace(run_cfg)
     run_cfg.train = dataclasses.replace(run_cfg.train, steps=steps, warmup_steps=round(warmup_fraction * steps),
-                                        save_at=points, time_budget_minutes=minutes)
+                                        save_at=points, time_budget_minutes=0.0)
     return run_cfg
 
 
@@ -201,44 +202,77 @@ def calibrate(run_cfg, work: Path, steps: int) -> float:
     cfg = dataclasses.replace(run_cfg)
     cfg.train = dataclasses.replace(run_cfg.train, steps=steps, warmup_steps=0, save_at=(), log_every=1,
                                     eval_every=0, eval_batches=1, time_budget_minutes=0.0)
-    scratch = work / "calibration"
+    scratch = work / "calibration" / run_cfg.objective_name
     shutil.rmtree(scratch, ignore_errors=True)
     train(cfg, scratch, progress=False)
     records = [r for r in read_records(scratch) if r["split"] == "train"]
     shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.parent.rmdir()              # left while another job still calibrates
+    except OSError:
+        pass
     first, last = records[1], records[-1]
     return (last["elapsed_s"] - first["elapsed_s"]) / max(1, last["step"] - first["step"])
 
 
-def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print) -> list[Contestant]:
-    """Each objective's run config with its steps; --minutes calibrates (and remembers) step times."""
+def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 1) -> list[Contestant]:
+    """Each objective's run config with its steps; --minutes calibrates (and remembers) step times,
+    `jobs` objectives side by side as they will train (see `run_arena`)."""
     manifest = data / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"arena: {data} has no manifest.json; pass a directory written by `unimask prepare`")
     vocab_size = int(json.loads(manifest.read_text())["vocab_size"])
     saved = read_json(out / "arena.json").get("contestants", {})
+    run_cfgs = {objective: base_config(objective, cfg, data) for objective in cfg.objectives}
+    seconds = {objective: (saved.get(objective) or {}).get("seconds_per_step") for objective in cfg.objectives}
+    untimed = [o for o in cfg.objectives if cfg.minutes and seconds[o] is None]
+    if untimed:
+        say(f"arena: timing {cfg.calibration_steps} steps of {', '.join(untimed)}"
+            + (f", {jobs} side by side" if jobs > 1 else ""))
+        timed = run_jobs(jobs, calibrate, [(run_cfgs[o], out, cfg.calibration_steps) for o in untimed])
+        seconds.update(zip(untimed, timed))
     found = []
-    for objective in cfg.objectives:
-        run_cfg = base_config(objective, cfg, data)
+    for objective, run_cfg in run_cfgs.items():
         per_step = flops_per_step(run_cfg, vocab_size)
-        seconds = None
         if cfg.tflops:
             steps = math.floor(cfg.tflops * 1e12 / per_step)
             if steps < cfg.points:
                 raise UserError(f"arena: {cfg.tflops:g} TFLOPs is {steps} steps of {objective} "
                                 f"({per_step / 1e12:.3g} TFLOPs a step); give at least {cfg.points} steps' worth")
         else:
-            seconds = (saved.get(objective) or {}).get("seconds_per_step")
-            if seconds is None:
-                say(f"arena: timing {cfg.calibration_steps} steps of {objective}")
-                seconds = calibrate(run_cfg, out, cfg.calibration_steps)
-            steps = max(cfg.points, math.floor(cfg.minutes * 60 / seconds))
+            steps = max(cfg.points, math.floor(cfg.minutes * 60 / seconds[objective]))
         points = evaluation_points(steps, cfg.points)
-        minutes = 1.5 * cfg.minutes if cfg.minutes else 0.0     # a safety stop, far past the calibrated steps
         found.append(Contestant(objective, out / "runs" / objective,
-                                with_schedule(run_cfg, steps, points, cfg.warmup_fraction, minutes),
-                                per_step, steps, points, differences(run_cfg), seconds))
+                                with_schedule(run_cfg, steps, points, cfg.warmup_fraction),
+                                per_step, steps, points, differences(run_cfg), seconds[objective]))
     return found
+
+
+# ---- side by side ------------------------------------------------------------------------------
+
+def _worker_threads(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _call(fn, args: tuple) -> Any:
+    return fn(*args)
+
+
+def run_jobs(jobs: int, fn, calls: list[tuple]) -> list:
+    """`fn(*args)` for each of `calls`, in order: in this process when `jobs` is 1, else in `jobs`
+    spawned processes side by side, each with `jobs`-th of this process's threads (at least one);
+    the first error is raised here once the running calls end."""
+    if jobs <= 1:
+        return [fn(*args) for args in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_threads, initargs=(threads,)) as pool:
+        return list(pool.map(_call, [fn] * len(calls), calls))
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -252,7 +286,11 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def train_contestant(c: Contestant, say=print) -> None:
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def train_contestant(c: Contestant, say=_say) -> None:
     """Run (or finish) a contestant's pretraining; a run that reached its last step is left alone."""
     from .train import checkpoint as ckpt_mod
     from .train.loop import train
@@ -269,6 +307,10 @@ def train_contestant(c: Contestant, say=print) -> None:
     else:
         say(f"arena: {c.objective}: {c.steps} steps, {c.flops_per_step * c.steps / 1e12:.3g} TFLOPs")
     train(c.config, c.run, resume=bool(kept), progress=False)
+    kept = ckpt_mod.list_checkpoints(c.run)
+    if not kept or ckpt_mod.step_of(kept[-1]) < c.steps:
+        raise UserError(f"arena: {c.objective} stopped at step {ckpt_mod.step_of(kept[-1]) if kept else 0} of "
+                        f"{c.steps}; rerun the same command to continue it")
 
 
 def wall_seconds(records: list[dict], step: int) -> float:
@@ -316,37 +358,60 @@ def score(pretrained, ev: EvalConfig) -> dict[str, float]:
     return scores
 
 
-def evaluate_all(cs: list[Contestant], ev: EvalConfig, out: Path, say=print) -> list[dict]:
-    """Score every evaluation point of every contestant and random init of each architecture;
-    each result is cached in OUT/evals/ (an interrupted arena does not redo them)."""
+def score_checkpoint(directory: Path, ev: EvalConfig, cache: Path, random_init: bool = False) -> None:
+    """Score one checkpoint (or random init of its architecture) by `score` into `cache` (JSON)."""
     from .checkpoint import load_pretrained
+
+    write_json(cache, score(load_pretrained(directory, random_init=random_init), ev))
+
+
+def point_cache(out: Path, objective: str, step: int) -> Path:
+    return out / "evals" / objective / f"step_{step:08d}.json"
+
+
+def floor_caches(cs: list[Contestant], out: Path) -> dict[str, Path]:
+    """Objective -> where random init of its architecture is scored, for the first contestant of
+    each distinct architecture (the floor is shared by those with the same encoder config)."""
+    first: dict[str, str] = {}
+    for c in cs:        # vocab_size aside: training fills it in from the data (the same for all)
+        model = {k: v for k, v in dataclasses.asdict(c.config.model).items() if k != "vocab_size"}
+        first.setdefault(json.dumps(model, sort_keys=True), c.objective)
+    return {objective: out / "evals" / "random_init" / f"{objective}.json" for objective in first.values()}
+
+
+def contest(c: Contestant, ev: EvalConfig, out: Path, floor: Path | None = None, say=_say) -> None:
+    """One contestant start to finish: train (or finish) its run, then score each of its points,
+    and random init of its architecture into `floor` when given; every score is cached in
+    OUT/evals/, so an interrupted arena redoes nothing that finished."""
     from .train import checkpoint as ckpt_mod
 
-    rows, floors = [], {}
+    train_contestant(c, say)
+    for step in c.points:
+        if not point_cache(out, c.objective, step).is_file():
+            say(f"arena: evaluating {c.objective} at step {step}")
+            score_checkpoint(ckpt_mod.step_dir(c.run, step), ev, point_cache(out, c.objective, step))
+    if floor is not None and not floor.is_file():
+        say(f"arena: evaluating random init of {c.objective}'s architecture")
+        score_checkpoint(ckpt_mod.step_dir(c.run, c.points[-1]), ev, floor, random_init=True)
+
+
+def report_rows(cs: list[Contestant], out: Path) -> list[dict]:
+    """The report's rows from the cached scores: each contestant's points, then random init of its
+    architecture after the first contestant that has it."""
+    rows, floors = [], floor_caches(cs, out)
     for c in cs:
         records = read_records(c.run)
         valid = {r["step"]: r for r in records if r.get("split") == "valid"}
         for step in c.points:
-            cache = out / "evals" / c.objective / f"step_{step:08d}.json"
-            if not cache.is_file():
-                say(f"arena: evaluating {c.objective} at step {step}")
-                scores = score(load_pretrained(ckpt_mod.step_dir(c.run, step)), ev)
-                write_json(cache, scores)
-            scores = read_json(cache)
+            scores = read_json(point_cache(out, c.objective, step))
             rows.append({"objective": c.objective, "differences": c.differences, "step": step,
                          "fraction": round(step / c.steps, 4), "tokens": step * c.config.data.seq_len *
                          c.config.train.batch_size * c.config.train.grad_accum,
                          "tflops": c.flops_per_step * step / 1e12, "minutes": wall_seconds(records, step) / 60,
                          "valid_loss": (valid.get(step) or {}).get("loss"), "scores": scores,
                          "mean": statistics.fmean(scores.values())})
-        key = json.dumps(dataclasses.asdict(c.config.model), sort_keys=True)
-        if key not in floors:
-            cache = out / "evals" / "random_init" / f"{c.objective}.json"
-            if not cache.is_file():
-                say(f"arena: evaluating random init of {c.objective}'s architecture")
-                write_json(cache, score(load_pretrained(ckpt_mod.step_dir(c.run, c.points[-1]), random_init=True), ev))
-            floors[key] = read_json(cache)
-            scores = floors[key]
+        if c.objective in floors:
+            scores = read_json(floors[c.objective])
             rows.append({"objective": "random init", "differences": f"{c.objective}'s architecture", "step": 0,
                          "fraction": 0.0, "tokens": 0, "tflops": 0.0, "minutes": 0.0, "valid_loss": None,
                          "scores": scores, "mean": statistics.fmean(scores.values())})
@@ -375,7 +440,9 @@ def markdown(result: dict) -> str:
     lines = [f"# Objective arena: {cfg['size']}, {budget} per contestant", "",
              f"Data {result['data']}; sequence length {cfg['seq_len']}, batch {cfg['batch_size']}, seed {cfg['seed']}, "
              f"linear warm-up over {cfg['warmup_fraction']:.0%} of each run's steps then linear decay to 0. "
-             f"Scores: {result['protocol']}.", "",
+             f"Scores: {result['protocol']}."
+             + (f" Contestants ran {result['jobs']} side by side, {result['threads_per_job']} thread(s) each."
+                if result.get("jobs", 1) > 1 else ""), "",
              "| objective | config | step | of run | tokens | TFLOPs | minutes | valid loss | "
              + " | ".join(metrics) + " | mean |",
              "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(metrics) + 1)]
@@ -421,28 +488,44 @@ def plot(result: dict, out: Path) -> list[Path]:
     return written
 
 
-def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print) -> dict:
-    """Train, evaluate and report (see the module docstring); returns the arena.json dict."""
+def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print, jobs: int = 1) -> dict:
+    """Train, evaluate and report (see the module docstring); returns the arena.json dict.
+
+    `jobs` > 1 runs that many contestants (and calibrations, and evaluations) side by side in
+    spawned processes, each with `jobs`-th of this process's threads: on a many-core CPU this uses
+    the cores that one run cannot. Contestants then share memory bandwidth, so --minutes
+    calibrates them side by side too; the number of jobs may change when resuming."""
+    import torch
+
     from .rundir import claim
 
+    if jobs < 1:
+        raise UserError(f"arena: --jobs must be at least 1, not {jobs}")
     data, out = Path(data).expanduser(), Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     with claim(out, "arena"):
         out.mkdir(exist_ok=True)
         started = time.time()
-        cs = contestants(cfg, data, out, say)
-        state = {"config": _plain(dataclasses.asdict(cfg)), "eval": _plain(dataclasses.asdict(ev)), "data": str(data),
+        previous = read_json(out / "arena.json")
+        settings = {"config": _plain(dataclasses.asdict(cfg)), "data": str(data)}
+        if previous and (previous.get("config"), previous.get("data")) != (settings["config"], settings["data"]):
+            raise UserError(f"arena: {out} holds an arena with other settings; rerun it with the same flags to "
+                            "resume, or choose another --out")
+        cs = contestants(cfg, data, out, say, jobs)
+        state = {**settings, "eval": _plain(dataclasses.asdict(ev)),
+                 "jobs": jobs, "threads_per_job": max(1, torch.get_num_threads() // jobs),
                  "contestants": {c.objective: {"steps": c.steps, "points": list(c.points),
                                                "flops_per_step": c.flops_per_step, "seconds_per_step": c.seconds_per_step,
                                                "differences": c.differences} for c in cs}}
-        previous = read_json(out / "arena.json")
-        if previous and (previous.get("config"), previous.get("data")) != (state["config"], state["data"]):
-            raise UserError(f"arena: {out} holds an arena with other settings; rerun it with the same flags to "
-                            "resume, or choose another --out")
         write_json(out / "arena.json", {**previous, **state})
-        for c in cs:
-            train_contestant(c, say)
-        rows = evaluate_all(cs, ev, out, say)
+        floors = floor_caches(cs, out)
+        if jobs > 1:
+            say(f"arena: {', '.join(c.objective for c in cs)}, {jobs} side by side")
+            run_jobs(jobs, contest, [(c, ev, out, floors.get(c.objective)) for c in cs])
+        else:
+            for c in cs:
+                contest(c, ev, out, floors.get(c.objective), say)
+        rows = report_rows(cs, out)
         protocol = []
         if ev.probe:
             protocol.append(f"probe:TASK = frozen-feature logistic-regression probe, best layer and pooling on dev, "
@@ -499,6 +582,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=e.max_length, help="evaluation: tokens per input")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=e.precision, help="evaluation precision")
     p.add_argument("--device", default=e.device)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="contestants trained (and scored) side by side, each with its share of the threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -508,5 +593,5 @@ def run(args: argparse.Namespace) -> int:
     ev = EvalConfig(glue=args.glue or "", probe=tuple(args.probe), finetune=tuple(args.finetune), lrs=tuple(args.lrs),
                     seeds=tuple(args.seeds), epochs=args.epochs, max_train_examples=args.max_train_examples,
                     max_length=args.max_length, precision=args.precision, device=args.device)
-    run_arena(cfg, ev, Path(args.data), Path(args.out), say=lambda text: print(text, file=sys.stderr, flush=True))
+    run_arena(cfg, ev, Path(args.data), Path(args.out), say=_say, jobs=args.jobs)
     return 0
