@@ -170,7 +170,7 @@ def test_side_by_side_jobs_calibrate_train_score_and_resume_alone(kjv_data, glue
 def test_a_run_that_stops_short_is_named_not_scored(kjv_data, tmp_path, monkeypatch) -> None:
     """A contestant whose training returns before its last step (a signal, a crash caught upstream)
     is a one-line error that says to rerun, not a failure to find a checkpoint later."""
-    import unimask.train.loop as loop
+    from unimask.train import loop
 
     c = arena.contestants(config(objectives=("mlm",)), kjv_data, tmp_path)[0]
     monkeypatch.setattr(loop, "train", lambda *a, **k: None)
