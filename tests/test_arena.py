@@ -177,3 +177,24 @@ def test_a_run_that_stops_short_is_named_not_scored(kjv_data, tmp_path, monkeypa
     with pytest.raises(UserError, match=rf"mlm stopped at step 0 of {c.steps}; rerun the same command"):
         arena.train_contestant(c, say=lambda *a: None)
     assert c.config.train.time_budget_minutes == 0         # the arena's steps are fixed: nothing refits them
+
+
+def test_a_signal_stop_says_to_rerun_the_arena_and_crosses_processes(kjv_data, tmp_path, monkeypatch) -> None:
+    """A contestant stopped by SIGTERM/SIGINT (it saved a checkpoint) says to rerun the arena, not
+    `pretrain --resume`; the exception survives pickling, as a --jobs worker sends it to the parent."""
+    import pickle
+
+    from unimask.errors import Stopped
+    from unimask.train import loop
+
+    c = arena.contestants(config(objectives=("mlm",)), kjv_data, tmp_path)[0]
+
+    def stopped(*a, **k):
+        raise Stopped(15, "stopped by SIGTERM after step 3; continue with `unimask pretrain --resume`")
+
+    monkeypatch.setattr(loop, "train", stopped)
+    with pytest.raises(Stopped) as caught:
+        arena.train_contestant(c, say=lambda *a: None)
+    assert "mlm stopped on a signal" in str(caught.value) and "rerun the same command" in str(caught.value)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (type(again), again.signum, str(again), again.exit_status) == (Stopped, 15, str(caught.value), 143)

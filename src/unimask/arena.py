@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 SCHEDULE_KEYS = ("train.steps", "train.warmup_steps", "train.schedule", "train.min_lr_ratio", "train.save_at",
                  "train.save_every", "train.time_budget_minutes", "data.path", "objective_name", "size")
@@ -306,7 +306,11 @@ def train_contestant(c: Contestant, say=_say) -> None:
         say(f"arena: {c.objective}: continuing from step {ckpt_mod.step_of(kept[-1])} of {c.steps}")
     else:
         say(f"arena: {c.objective}: {c.steps} steps, {c.flops_per_step * c.steps / 1e12:.3g} TFLOPs")
-    train(c.config, c.run, resume=bool(kept), progress=False)
+    try:
+        train(c.config, c.run, resume=bool(kept), progress=False)
+    except Stopped as stop:
+        raise Stopped(stop.signum, f"arena: {c.objective} stopped on a signal and saved a checkpoint; rerun the same "
+                                   "command to continue", stop.quiet) from None
     kept = ckpt_mod.list_checkpoints(c.run)
     if not kept or ckpt_mod.step_of(kept[-1]) < c.steps:
         raise UserError(f"arena: {c.objective} stopped at step {ckpt_mod.step_of(kept[-1]) if kept else 0} of "

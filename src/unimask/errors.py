@@ -17,6 +17,10 @@ class Stopped(Exception):
         super().__init__(message)
         self.signum, self.quiet = signum, quiet
 
+    def __reduce__(self):
+        """Pickled whole (a worker process of `unimask arena --jobs` sends it to the parent)."""
+        return type(self), (self.signum, str(self), self.quiet)
+
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
