@@ -194,15 +194,16 @@ def differences(run_cfg) -> str:
     return ", ".join(out)
 
 
-def calibrate(run_cfg, work: Path, steps: int) -> float:
-    """Seconds per optimizer step of `run_cfg` on this machine: `steps` real steps in a scratch run,
-    timed from the second logged step on (the first pays for allocation and warm-up)."""
+def calibrate(run_cfg, work: Path, steps: int, copy: int = 0) -> float:
+    """Seconds per optimizer step of `run_cfg` on this machine: `steps` real steps in a scratch run
+    (WORK/calibration/OBJECTIVE-COPY), timed from the second logged step on (the first pays for
+    allocation and warm-up)."""
     from .train.loop import train
 
     cfg = dataclasses.replace(run_cfg)
     cfg.train = dataclasses.replace(run_cfg.train, steps=steps, warmup_steps=0, save_at=(), log_every=1,
                                     eval_every=0, eval_batches=1, time_budget_minutes=0.0)
-    scratch = work / "calibration" / run_cfg.objective_name
+    scratch = work / "calibration" / f"{run_cfg.objective_name}-{copy}"
     shutil.rmtree(scratch, ignore_errors=True)
     train(cfg, scratch, progress=False)
     records = [r for r in read_records(scratch) if r["split"] == "train"]
@@ -216,8 +217,9 @@ def calibrate(run_cfg, work: Path, steps: int) -> float:
 
 
 def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 1) -> list[Contestant]:
-    """Each objective's run config with its steps; --minutes calibrates (and remembers) step times,
-    `jobs` objectives side by side as they will train (see `run_arena`)."""
+    """Each objective's run config with its steps; --minutes calibrates (and remembers) step times.
+    With `jobs` > 1 each objective is timed as `jobs` copies side by side, the mean of their times:
+    every contestant is timed under the same load, the most it trains under (see `run_arena`)."""
     manifest = data / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"arena: {data} has no manifest.json; pass a directory written by `unimask prepare`")
@@ -228,9 +230,10 @@ def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 
     untimed = [o for o in cfg.objectives if cfg.minutes and seconds[o] is None]
     if untimed:
         say(f"arena: timing {cfg.calibration_steps} steps of {', '.join(untimed)}"
-            + (f", {jobs} side by side" if jobs > 1 else ""))
-        timed = run_jobs(jobs, calibrate, [(run_cfgs[o], out, cfg.calibration_steps) for o in untimed])
-        seconds.update(zip(untimed, timed))
+            + (f", each as {jobs} copies side by side" if jobs > 1 else ""))
+        timed = run_jobs(jobs, calibrate, [(run_cfgs[o], out, cfg.calibration_steps, k)
+                                           for o in untimed for k in range(jobs)])
+        seconds.update({o: statistics.fmean(timed[i * jobs:(i + 1) * jobs]) for i, o in enumerate(untimed)})
     found = []
     for objective, run_cfg in run_cfgs.items():
         per_step = flops_per_step(run_cfg, vocab_size)
@@ -497,8 +500,8 @@ def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print
 
     `jobs` > 1 runs that many contestants (and calibrations, and evaluations) side by side in
     spawned processes, each with `jobs`-th of this process's threads: on a many-core CPU this uses
-    the cores that one run cannot. Contestants then share memory bandwidth, so --minutes
-    calibrates them side by side too; the number of jobs may change when resuming."""
+    the cores that one run cannot. Contestants then share memory bandwidth, so --minutes times
+    each objective as `jobs` copies side by side; the number of jobs may change when resuming."""
     import torch
 
     from .rundir import claim
