@@ -262,20 +262,29 @@ def _call(fn, args: tuple) -> Any:
     return fn(*args)
 
 
-def run_jobs(jobs: int, fn, calls: list[tuple]) -> list:
-    """`fn(*args)` for each of `calls`, in order: in this process when `jobs` is 1, else in `jobs`
-    spawned processes side by side, each with `jobs`-th of this process's threads (at least one);
-    the first error is raised here once the running calls end."""
+def run_jobs(jobs: int, fn, calls: list[tuple], done=None) -> list:
+    """`fn(*args)` for each of `calls`, results in order: in this process when `jobs` is 1, else in
+    `jobs` spawned processes side by side, each with `jobs`-th of this process's threads (at least
+    one). `done(i)` runs here as call i ends; the first error is raised here once the running calls end."""
     if jobs <= 1:
-        return [fn(*args) for args in calls]
+        results = []
+        for i, args in enumerate(calls):
+            results.append(fn(*args))
+            if done:
+                done(i)
+        return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
     threads = max(1, torch.get_num_threads() // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_threads, initargs=(threads,)) as pool:
-        return list(pool.map(_call, [fn] * len(calls), calls))
+        futures = {pool.submit(_call, fn, args): i for i, args in enumerate(calls)}
+        for future in as_completed(futures):
+            if future.exception() is None and done:
+                done(futures[future])
+        return [future.result() for future in futures]
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -404,9 +413,12 @@ def contest(c: Contestant, ev: EvalConfig, out: Path, floor: Path | None = None,
 
 def report_rows(cs: list[Contestant], out: Path) -> list[dict]:
     """The report's rows from the cached scores: each contestant's points, then random init of its
-    architecture after the first contestant that has it."""
+    architecture after the first contestant that has it; a contestant not yet scored at all its
+    points (an arena in progress) is left out."""
     rows, floors = [], floor_caches(cs, out)
     for c in cs:
+        if not all(point_cache(out, c.objective, step).is_file() for step in c.points):
+            continue
         records = read_records(c.run)
         valid = {r["step"]: r for r in records if r.get("split") == "valid"}
         for step in c.points:
@@ -417,7 +429,7 @@ def report_rows(cs: list[Contestant], out: Path) -> list[dict]:
                          "tflops": c.flops_per_step * step / 1e12, "minutes": wall_seconds(records, step) / 60,
                          "valid_loss": (valid.get(step) or {}).get("loss"), "scores": scores,
                          "mean": statistics.fmean(scores.values())})
-        if c.objective in floors:
+        if c.objective in floors and floors[c.objective].is_file():
             scores = read_json(floors[c.objective])
             rows.append({"objective": "random init", "differences": f"{c.objective}'s architecture", "step": 0,
                          "fraction": 0.0, "tokens": 0, "tflops": 0.0, "minutes": 0.0, "valid_loss": None,
@@ -444,7 +456,11 @@ def markdown(result: dict) -> str:
     cfg, rows = result["config"], result["rows"]
     metrics = sorted({m for r in rows for m in r["scores"]})
     budget = f"{cfg['tflops']:g} TFLOPs" if cfg["tflops"] else f"{cfg['minutes']:g} minutes"
+    scored = len({r["objective"] for r in rows} - {"random init"})
     lines = [f"# Objective arena: {cfg['size']}, {budget} per contestant", "",
+             *([] if result.get("finished", True) else
+               [(f"In progress: {scored} of {len(result['contestants'])} contestants scored; rerun the same "
+                 "command to continue."), ""]),
              f"Data {result['data']}; sequence length {cfg['seq_len']}, batch {cfg['batch_size']}, seed {cfg['seed']}, "
              f"linear warm-up over {cfg['warmup_fraction']:.0%} of each run's steps then linear decay to 0. "
              f"Scores: {result['protocol']}."
@@ -526,28 +542,40 @@ def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print
                                                "differences": c.differences} for c in cs}}
         write_json(out / "arena.json", {**previous, **state})
         floors = floor_caches(cs, out)
+
+        def report(final: bool) -> dict:
+            rows = report_rows(cs, out)
+            scored = len({r["objective"] for r in rows} - {"random init"})
+            result = {**state, "rows": rows, "protocol": protocol(ev), "finished": scored == len(cs),
+                      "minutes_this_call": round((time.time() - started) / 60, 1)}
+            write_json(out / "arena.json", result)
+            (out / "arena.md").write_text(markdown(result))
+            plots = plot(result, out) if rows else []
+            if final or scored < len(cs):
+                say(f"arena: {scored} of {len(cs)} contestants scored; wrote {out / 'arena.md'}, {out / 'arena.json'}"
+                    + "".join(f", {p}" for p in plots))
+            return result
+
+        calls = [(c, ev, out, floors.get(c.objective)) for c in cs]
         if jobs > 1:
             say(f"arena: {', '.join(c.objective for c in cs)}, {jobs} side by side")
-            run_jobs(jobs, contest, [(c, ev, out, floors.get(c.objective)) for c in cs])
+            run_jobs(jobs, contest, calls, done=lambda i: report(final=False))
         else:
-            for c in cs:
-                contest(c, ev, out, floors.get(c.objective), say)
-        rows = report_rows(cs, out)
-        protocol = []
-        if ev.probe:
-            protocol.append(f"probe:TASK = frozen-feature logistic-regression probe, best layer and pooling on dev, "
-                            f"first {ev.max_train_examples or 'all'} training texts")
-        if ev.finetune:
-            protocol.append(f"finetune:TASK = fine-tuning, lrs {list(ev.lrs)} x seeds {list(ev.seeds)}, {ev.epochs:g} "
-                            f"epoch(s), first {ev.max_train_examples or 'all'} training examples, median over seeds "
-                            "at the best lr, dev")
-        result = {**state, "rows": rows, "protocol": "; ".join(protocol),
-                  "minutes_this_call": round((time.time() - started) / 60, 1)}
-        write_json(out / "arena.json", result)
-        (out / "arena.md").write_text(markdown(result))
-        plots = plot(result, out)
-        say(f"wrote {out / 'arena.md'}, {out / 'arena.json'}" + "".join(f", {p}" for p in plots))
-        return result
+            run_jobs(1, lambda *args: contest(*args, say=say), calls, done=lambda i: report(final=False))
+        return report(final=True)
+
+
+def protocol(ev: EvalConfig) -> str:
+    """The scores' protocol, one sentence per kind (the report's header)."""
+    parts = []
+    if ev.probe:
+        parts.append(f"probe:TASK = frozen-feature logistic-regression probe, best layer and pooling on dev, "
+                     f"first {ev.max_train_examples or 'all'} training texts")
+    if ev.finetune:
+        parts.append(f"finetune:TASK = fine-tuning, lrs {list(ev.lrs)} x seeds {list(ev.seeds)}, {ev.epochs:g} "
+                     f"epoch(s), first {ev.max_train_examples or 'all'} training examples, median over seeds "
+                     "at the best lr, dev")
+    return "; ".join(parts)
 
 
 # ---- command line -----------------------------------------------------------------------------
