@@ -21,6 +21,7 @@ Protocol (fixed before the runs):
 The arena resumes, so this runs over several sessions: run the same command again.
 
     python benchmarks/arena_60.py [--work runs/arena60] [--minutes 60]
+    python benchmarks/arena_60.py --work runs/arena60 --report     # copy the report so far to --results
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def summary(result: dict, out: Path) -> str:
         if r["objective"] == "random init":
             lines.append(f"| random init ({r['differences']}) | 0 | - | - | {ft:.2f} | - | {pr:.2f} | - |")
             continue
-        fft, fpr = means(floors[architecture(r["objective"])])
+        floor = floors.get(architecture(r["objective"]))
+        fft, fpr = means(floor) if floor else (float("nan"), float("nan"))
         lines.append(f"| {r['objective']} | {r['step']} | {r['fraction']:.0%} | {r['minutes']:.1f} | {ft:.2f} | "
                      f"{ft - fft:+.2f} | {pr:.2f} | {pr - fpr:+.2f} |")
     return "\n".join(lines) + "\n"
@@ -83,17 +85,24 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "arena_60")
+    p.add_argument("--report", action="store_true",
+                   help="only copy the arena's report as it stands (an arena in progress) to --results")
     args = p.parse_args()
     corpus, glue = args.shared / "corpus" / "enwiki_sample.txt.gz", args.shared / "glue"
     if not corpus.is_file() or not (glue / "SST-2" / "train.tsv").is_file():
         sys.exit(f"no Wikipedia sample or GLUE under {args.shared}; pass --shared DIR")
     args.work.mkdir(parents=True, exist_ok=True)
-    data = args.data or prepare(corpus, 30522, args.work / "data-30522")
+    data = args.data or (args.work / "data-30522" if args.report else prepare(corpus, 30522, args.work / "data-30522"))
     cfg = ArenaConfig(size="mini", minutes=args.minutes, points=2, seq_len=128, batch_size=32, seed=0)
     ev = EvalConfig(glue=str(glue), probe=PROBE, finetune=FINETUNE, lrs=(1e-4, 3e-4), seeds=(1, 2, 3), epochs=1.0,
                     max_train_examples=2000, max_length=128)
     out = args.work / "arena"
-    result = run_arena(cfg, ev, data, out, say=lambda *a: print(*a, file=sys.stderr, flush=True), jobs=args.jobs)
+    if args.report:
+        if not (out / "arena.json").is_file():
+            sys.exit(f"no arena under {out}; run without --report first")
+        result = json.loads((out / "arena.json").read_text())
+    else:
+        result = run_arena(cfg, ev, data, out, say=lambda *a: print(*a, file=sys.stderr, flush=True), jobs=args.jobs)
     args.results.mkdir(parents=True, exist_ok=True)
     for name in ("arena.json", "arena_flops.png", "arena_time.png"):
         if (out / name).is_file():
