@@ -74,7 +74,7 @@ def summary(result: dict, out: Path) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from budget_levers import prepare
+    from budget_levers import prepare, shared_inputs
 
     from unimask.arena import ArenaConfig, EvalConfig, run_arena
 
@@ -88,9 +88,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true",
                    help="only copy the arena's report as it stands (an arena in progress) to --results")
     args = p.parse_args()
-    corpus, glue = args.shared / "corpus" / "enwiki_sample.txt.gz", args.shared / "glue"
-    if not corpus.is_file() or not (glue / "SST-2" / "train.tsv").is_file():
-        sys.exit(f"no Wikipedia sample or GLUE under {args.shared}; pass --shared DIR")
+    corpus, glue = shared_inputs(args.shared)
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data or (args.work / "data-30522" if args.report else prepare(corpus, 30522, args.work / "data-30522"))
     cfg = ArenaConfig(size="mini", minutes=args.minutes, points=2, seq_len=128, batch_size=32, seed=0)

@@ -76,6 +76,14 @@ def prepare(text: Path, vocab: int, out: Path, head_lines: int = 0) -> Path:
     return out
 
 
+def shared_inputs(shared: Path) -> tuple[Path, Path]:
+    """The Wikipedia sample and the GLUE folder under `shared`; exits with a one-line message if missing."""
+    corpus, glue = shared / "corpus" / "enwiki_sample.txt.gz", shared / "glue"
+    if not corpus.is_file() or not (glue / "SST-2" / "train.tsv").is_file():
+        sys.exit(f"no Wikipedia sample or GLUE under {shared}; pass --shared DIR")
+    return corpus, glue
+
+
 def markdown(results: dict) -> str:
     lines = [f"# Budget levers ({results['size']}, {results['budget']})", "", results["protocol"], "",
              "| variant | differences | steps | tokens | valid loss | probe SST-2 | probe CoLA | mean | random init mean | gain |",
@@ -102,9 +110,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true",
                    help="tiny size, a 2,000-line corpus, 0.02 TFLOPs, 100 probe sentences: checks that the script runs")
     args = p.parse_args()
-    corpus, glue = args.shared / "corpus" / "enwiki_sample.txt.gz", args.shared / "glue"
-    if not corpus.is_file() or not (glue / "SST-2" / "train.tsv").is_file():
-        sys.exit(f"no Wikipedia sample or GLUE under {args.shared}; pass --shared DIR")
+    corpus, glue = shared_inputs(args.shared)
     if args.smoke:
         args.size, args.variants = "tiny", [v for v in args.variants if v in ("base8k", "nodrop")]
     args.work.mkdir(parents=True, exist_ok=True)
