@@ -148,14 +148,14 @@ def test_side_by_side_jobs_calibrate_train_score_and_resume_alone(kjv_data, glue
 
     out = tmp_path / "arena"
     ev = arena.EvalConfig(glue=str(glue), probe=("sst2",), max_train_examples=0, precision="fp32", device="cpu")
-    result = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=2)
+    result = arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=3)     # 2 objectives: 2 jobs
     assert result["jobs"] == 2 and result["threads_per_job"] >= 1
     for name, c in result["contestants"].items():
         assert [r["step"] for r in result["rows"] if r["objective"] == name] == c["points"]
         assert (out / "runs" / name / "checkpoints" / f"step_{c['steps']:08d}").is_dir()
         assert all((out / "evals" / name / f"step_{step:08d}.json").is_file() for step in c["points"])
     assert sum(r["objective"] == "random init" for r in result["rows"]) == 1     # one architecture, one floor
-    assert "2 side by side" in (out / "arena.md").read_text()
+    assert "ran 2 contestants side by side" in (out / "arena.md").read_text()
     trained = {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in ("mlm", "electra")}
 
     scored = []
@@ -169,6 +169,44 @@ def test_side_by_side_jobs_calibrate_train_score_and_resume_alone(kjv_data, glue
     assert {name: (out / "runs" / name / "metrics.jsonl").read_text() for name in trained} == trained
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         arena.run_arena(config(), ev, kjv_data, out, say=lambda *a: None, jobs=0)
+    other = arena.EvalConfig(glue=str(glue), probe=("sst2",), finetune=("sst2",), max_train_examples=0, device="cpu")
+    with pytest.raises(UserError, match="holds an arena with other settings"):     # old scores would be reused
+        arena.run_arena(config(), other, kjv_data, out, say=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_side_by_side_arena_saves_the_running_and_starts_no_more(kjv_data, glue, tmp_path) -> None:
+    """SIGTERM to the arena's process (a scheduler's preemption) while two contestants train side by
+    side: both save a checkpoint, the third never starts, `Stopped` says to rerun; the rerun
+    continues both and runs the third."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from unimask.errors import Stopped
+
+    out = tmp_path / "arena"
+    cfg = config(objectives=("mlm", "electra", "maelm"), tflops=0.04)
+    ev = arena.EvalConfig(glue=str(glue), probe=("sst2",), max_train_examples=0, precision="fp32", device="cpu")
+
+    def preempt() -> None:             # once both runs have logged a training step
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            logs = [out / "runs" / name / "metrics.jsonl" for name in ("mlm", "electra")]
+            if all(p.is_file() and '"train"' in p.read_text() for p in logs):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    with pytest.raises(Stopped, match="stopped by SIGTERM.*rerun the same command") as caught:
+        arena.run_arena(cfg, ev, kjv_data, out, say=lambda *a: None, jobs=2)
+    assert caught.value.exit_status == 143
+    saved = {name: sorted((out / "runs" / name / "checkpoints").glob("step_*")) for name in ("mlm", "electra")}
+    assert all(saved.values()) and not (out / "runs" / "maelm").exists()
+    result = arena.run_arena(cfg, ev, kjv_data, out, say=lambda *a: None, jobs=2)
+    assert result["finished"] and {r["objective"] for r in result["rows"]} == {"mlm", "electra", "maelm", "random init"}
 
 
 def test_a_run_that_stops_short_is_named_not_scored(kjv_data, tmp_path, monkeypatch) -> None:
@@ -202,3 +240,20 @@ def test_a_signal_stop_says_to_rerun_the_arena_and_crosses_processes(kjv_data, t
     assert "mlm stopped on a signal" in str(caught.value) and "rerun the same command" in str(caught.value)
     again = pickle.loads(pickle.dumps(caught.value))
     assert (type(again), again.signum, str(again), again.exit_status) == (Stopped, 15, str(caught.value), 143)
+
+
+def test_ctrl_c_while_scoring_says_what_is_kept(kjv_data, glue, tmp_path, capsys, monkeypatch) -> None:
+    """Ctrl-C outside a training loop (here: while scoring) exits 130 and says the finished runs and
+    scores are kept and to run the command again, not that nothing was written."""
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(arena, "score", interrupt)
+    out = tmp_path / "a"
+    args = ["arena", "--data", str(kjv_data), "--out", str(out), "--glue", str(glue), "--probe", "sst2",
+            "--objectives", "mlm", "--tflops", "0.001", "--seq-len", "32", "--batch-size", "4",
+            *[f"--set={s}" for s in TINY]]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"the finished runs and scores in {out} are kept; run it again" in err
+    assert (out / "runs" / "mlm" / "checkpoints").is_dir()

@@ -123,6 +123,7 @@ class Contestant:
     points: tuple[int, ...]
     differences: str = ""                    # what its config changes against its defaults
     seconds_per_step: float | None = None    # --minutes: the calibrated step time
+    timed_side_by_side: int = 1              # --minutes: copies timed at once (the --jobs it was timed with)
 
 
 # ---- building the contestants ---------------------------------------------------------------
@@ -227,6 +228,7 @@ def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 
     saved = read_json(out / "arena.json").get("contestants", {})
     run_cfgs = {objective: base_config(objective, cfg, data) for objective in cfg.objectives}
     seconds = {objective: (saved.get(objective) or {}).get("seconds_per_step") for objective in cfg.objectives}
+    copies = {objective: (saved.get(objective) or {}).get("timed_side_by_side", 1) for objective in cfg.objectives}
     untimed = [o for o in cfg.objectives if cfg.minutes and seconds[o] is None]
     if untimed:
         say(f"arena: timing {cfg.calibration_steps} steps of {', '.join(untimed)}"
@@ -234,6 +236,8 @@ def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 
         timed = run_jobs(jobs, calibrate, [(run_cfgs[o], out, cfg.calibration_steps, k)
                                            for o in untimed for k in range(jobs)])
         seconds.update({o: statistics.fmean(timed[i * jobs:(i + 1) * jobs]) for i, o in enumerate(untimed)})
+        copies.update({o: jobs for o in untimed})
+        shutil.rmtree(out / "calibration", ignore_errors=True)
     found = []
     for objective, run_cfg in run_cfgs.items():
         per_step = flops_per_step(run_cfg, vocab_size)
@@ -247,44 +251,99 @@ def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 
         points = evaluation_points(steps, cfg.points)
         found.append(Contestant(objective, out / "runs" / objective,
                                 with_schedule(run_cfg, steps, points, cfg.warmup_fraction),
-                                per_step, steps, points, differences(run_cfg), seconds[objective]))
+                                per_step, steps, points, differences(run_cfg), seconds[objective],
+                                copies[objective] if cfg.minutes else 1))
     return found
 
 
 # ---- side by side ------------------------------------------------------------------------------
 
-def _worker_threads(threads: int) -> None:
+_STOP = None
+"""In a worker of `run_jobs`: the parent's stop event (set on SIGTERM / SIGINT): no call starts after it."""
+
+
+def _worker_start(threads: int, stop) -> None:
+    """A worker's start: its share of the threads, the parent's stop event, and SIGTERM when its
+    parent dies (Linux), so a killed arena leaves no orphan training on (it saves a checkpoint and stops)."""
+    import ctypes
+    import signal
+
     import torch
+    global _STOP
+    _STOP = stop
     torch.set_num_threads(threads)
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))         # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _call(fn, args: tuple) -> Any:
+    if _STOP is not None and _STOP.is_set():        # queued before the stop: not started
+        return None
     return fn(*args)
 
 
 def run_jobs(jobs: int, fn, calls: list[tuple], done=None) -> list:
     """`fn(*args)` for each of `calls`, results in order: in this process when `jobs` is 1, else in
     `jobs` spawned processes side by side, each with `jobs`-th of this process's threads (at least
-    one). `done(i)` runs here as call i ends; the first error is raised here once the running calls end."""
+    one). `done(i, error)` runs here as call i ends (`error` None or what it raised); the first error
+    in call order is raised here once the running calls end.
+
+    SIGTERM or SIGINT to this process (or its process group: Ctrl-C) cancels the calls not started,
+    passes SIGTERM on to the workers (a training run saves a checkpoint and stops), waits for them,
+    and raises `Stopped`."""
     if jobs <= 1:
         results = []
         for i, args in enumerate(calls):
             results.append(fn(*args))
             if done:
-                done(i)
+                done(i, None)
         return results
     import multiprocessing
+    import os
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_threads, initargs=(threads,)) as pool:
+    received: list[int] = []
+    context = multiprocessing.get_context("spawn")
+    stopping = context.Event()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                             initializer=_worker_start, initargs=(threads, stopping)) as pool:
         futures = {pool.submit(_call, fn, args): i for i, args in enumerate(calls)}
-        for future in as_completed(futures):
-            if future.exception() is None and done:
-                done(futures[future])
-        return [future.result() for future in futures]
+
+        def stop(signum: int, frame) -> None:
+            if received:
+                return
+            received.append(signum)
+            stopping.set()                               # the calls already queued do not start
+            for future in futures:
+                future.cancel()                          # the others are dropped
+            for pid in list(getattr(pool, "_processes", None) or {}):
+                try:
+                    os.kill(pid, signal.SIGTERM)         # a signal sent to this process alone
+                except ProcessLookupError:
+                    pass
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                if done and not received:
+                    done(futures[future], future.exception())
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if received:
+        name = signal.Signals(received[0]).name
+        raise Stopped(received[0], f"arena: stopped by {name}; the running contestants saved checkpoints; rerun the "
+                                   "same command to continue")
+    return [future.result() for future in futures]
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -386,13 +445,15 @@ def point_cache(out: Path, objective: str, step: int) -> Path:
 
 
 def floor_caches(cs: list[Contestant], out: Path) -> dict[str, Path]:
-    """Objective -> where random init of its architecture is scored, for the first contestant of
-    each distinct architecture (the floor is shared by those with the same encoder config)."""
+    """Objective -> where random init of its architecture is scored: one file per distinct encoder
+    config, named after (and scored by) the first contestant that has it."""
     first: dict[str, str] = {}
+    floors = {}
     for c in cs:        # vocab_size aside: training fills it in from the data (the same for all)
         model = {k: v for k, v in dataclasses.asdict(c.config.model).items() if k != "vocab_size"}
-        first.setdefault(json.dumps(model, sort_keys=True), c.objective)
-    return {objective: out / "evals" / "random_init" / f"{objective}.json" for objective in first.values()}
+        owner = first.setdefault(json.dumps(model, sort_keys=True), c.objective)
+        floors[c.objective] = out / "evals" / "random_init" / f"{owner}.json"
+    return floors
 
 
 def contest(c: Contestant, ev: EvalConfig, out: Path, floor: Path | None = None, say=_say) -> None:
@@ -413,9 +474,9 @@ def contest(c: Contestant, ev: EvalConfig, out: Path, floor: Path | None = None,
 
 def report_rows(cs: list[Contestant], out: Path) -> list[dict]:
     """The report's rows from the cached scores: each contestant's points, then random init of its
-    architecture after the first contestant that has it; a contestant not yet scored at all its
-    points (an arena in progress) is left out."""
-    rows, floors = [], floor_caches(cs, out)
+    architecture after the first reported contestant that has it (once scored); a contestant not
+    yet scored at all its points (an arena in progress) is left out."""
+    rows, floors, shown = [], floor_caches(cs, out), set()
     for c in cs:
         if not all(point_cache(out, c.objective, step).is_file() for step in c.points):
             continue
@@ -429,9 +490,11 @@ def report_rows(cs: list[Contestant], out: Path) -> list[dict]:
                          "tflops": c.flops_per_step * step / 1e12, "minutes": wall_seconds(records, step) / 60,
                          "valid_loss": (valid.get(step) or {}).get("loss"), "scores": scores,
                          "mean": statistics.fmean(scores.values())})
-        if c.objective in floors and floors[c.objective].is_file():
-            scores = read_json(floors[c.objective])
-            rows.append({"objective": "random init", "differences": f"{c.objective}'s architecture", "step": 0,
+        floor = floors[c.objective]
+        if floor not in shown and floor.is_file():
+            shown.add(floor)
+            scores = read_json(floor)
+            rows.append({"objective": "random init", "differences": f"{floor.stem}'s architecture", "step": 0,
                          "fraction": 0.0, "tokens": 0, "tflops": 0.0, "minutes": 0.0, "valid_loss": None,
                          "scores": scores, "mean": statistics.fmean(scores.values())})
     return rows
@@ -464,8 +527,7 @@ def markdown(result: dict) -> str:
              f"Data {result['data']}; sequence length {cfg['seq_len']}, batch {cfg['batch_size']}, seed {cfg['seed']}, "
              f"linear warm-up over {cfg['warmup_fraction']:.0%} of each run's steps then linear decay to 0. "
              f"Scores: {result['protocol']}."
-             + (f" Contestants ran {result['jobs']} side by side, {result['threads_per_job']} thread(s) each."
-                if result.get("jobs", 1) > 1 else ""), "",
+             + side_by_side(result), "",
              "| objective | config | step | of run | tokens | TFLOPs | minutes | valid loss | "
              + " | ".join(metrics) + " | mean |",
              "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(metrics) + 1)]
@@ -475,6 +537,17 @@ def markdown(result: dict) -> str:
                      f"{r['tflops']:.3g} | {r['minutes']:.1f} | {loss} | "
                      + " | ".join(f"{r['scores'].get(m, float('nan')):.2f}" for m in metrics) + f" | {r['mean']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(result: dict) -> str:
+    """The report's sentence on how the contestants were timed and trained (`--jobs`)."""
+    timed = sorted({c.get("timed_side_by_side", 1) for c in result["contestants"].values()})
+    text = ""
+    if timed != [1] and result["config"]["minutes"]:
+        text += f" Step times measured with {' or '.join(map(str, timed))} copies side by side."
+    if result.get("jobs", 1) > 1:
+        text += f" The last call ran {result['jobs']} contestants side by side, {result['threads_per_job']} thread(s) each."
+    return text
 
 
 def plot(result: dict, out: Path) -> list[Path]:
@@ -524,21 +597,22 @@ def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print
 
     if jobs < 1:
         raise UserError(f"arena: --jobs must be at least 1, not {jobs}")
+    jobs = min(jobs, len(cfg.objectives))
     data, out = Path(data).expanduser(), Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     with claim(out, "arena"):
         out.mkdir(exist_ok=True)
         started = time.time()
         previous = read_json(out / "arena.json")
-        settings = {"config": _plain(dataclasses.asdict(cfg)), "data": str(data)}
-        if previous and (previous.get("config"), previous.get("data")) != (settings["config"], settings["data"]):
+        settings = {"config": _plain(dataclasses.asdict(cfg)), "data": str(data), "eval": _plain(dataclasses.asdict(ev))}
+        if previous and tuple(previous.get(k) for k in settings) != tuple(settings.values()):
             raise UserError(f"arena: {out} holds an arena with other settings; rerun it with the same flags to "
                             "resume, or choose another --out")
         cs = contestants(cfg, data, out, say, jobs)
-        state = {**settings, "eval": _plain(dataclasses.asdict(ev)),
-                 "jobs": jobs, "threads_per_job": max(1, torch.get_num_threads() // jobs),
+        state = {**settings, "jobs": jobs, "threads_per_job": max(1, torch.get_num_threads() // jobs),
                  "contestants": {c.objective: {"steps": c.steps, "points": list(c.points),
                                                "flops_per_step": c.flops_per_step, "seconds_per_step": c.seconds_per_step,
+                                               "timed_side_by_side": c.timed_side_by_side,
                                                "differences": c.differences} for c in cs}}
         write_json(out / "arena.json", {**previous, **state})
         floors = floor_caches(cs, out)
@@ -556,12 +630,18 @@ def run_arena(cfg: ArenaConfig, ev: EvalConfig, data: Path, out: Path, say=print
                     + "".join(f", {p}" for p in plots))
             return result
 
-        calls = [(c, ev, out, floors.get(c.objective)) for c in cs]
+        def finished(i: int, error: BaseException | None) -> None:
+            if error is None:
+                report(final=False)
+            else:               # said now, raised once the others end
+                say(f"arena: {cs[i].objective} failed: {error}; the other contestants go on")
+
+        calls = [(c, ev, out, floors[c.objective] if floors[c.objective].stem == c.objective else None) for c in cs]
         if jobs > 1:
             say(f"arena: {', '.join(c.objective for c in cs)}, {jobs} side by side")
-            run_jobs(jobs, contest, calls, done=lambda i: report(final=False))
+            run_jobs(jobs, contest, calls, done=finished)
         else:
-            run_jobs(1, lambda *args: contest(*args, say=say), calls, done=lambda i: report(final=False))
+            run_jobs(1, lambda *args: contest(*args, say=say), calls, done=finished)
         return report(final=True)
 
 

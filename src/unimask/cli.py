@@ -300,7 +300,8 @@ def _after_interrupt(args: argparse.Namespace) -> str:
                 f"`unimask pretrain --out {out} --resume`")
     kept = {"finetune": "no output was written (a sweep's directory appears only when it has finished)",
             "predict": "no output was written", "generate": "no output file was written",
-            "bench": "no record was written"}
+            "bench": "no record was written",
+            "arena": f"the finished runs and scores in {getattr(args, 'out', 'the arena directory')} are kept"}
     return kept.get(args.command, "nothing was written (outputs appear only when complete)") + "; run it again"
 
 
