@@ -225,10 +225,12 @@ def contestants(cfg: ArenaConfig, data: Path, out: Path, say=print, jobs: int = 
     if not manifest.is_file():
         raise UserError(f"arena: {data} has no manifest.json; pass a directory written by `unimask prepare`")
     vocab_size = int(json.loads(manifest.read_text())["vocab_size"])
-    saved = read_json(out / "arena.json").get("contestants", {})
+    previous = read_json(out / "arena.json")
+    saved = previous.get("contestants", {})
     run_cfgs = {objective: base_config(objective, cfg, data) for objective in cfg.objectives}
     seconds = {objective: (saved.get(objective) or {}).get("seconds_per_step") for objective in cfg.objectives}
-    copies = {objective: (saved.get(objective) or {}).get("timed_side_by_side", 1) for objective in cfg.objectives}
+    copies = {objective: (saved.get(objective) or {}).get("timed_side_by_side", previous.get("jobs", 1))
+              for objective in cfg.objectives}      # an arena.json without it: timed with the jobs it recorded
     untimed = [o for o in cfg.objectives if cfg.minutes and seconds[o] is None]
     if untimed:
         say(f"arena: timing {cfg.calibration_steps} steps of {', '.join(untimed)}"
