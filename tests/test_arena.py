@@ -53,6 +53,7 @@ def test_equal_flops_within_one_step(kjv_data, tmp_path) -> None:
         t = c.config.train
         assert (t.steps, t.warmup_steps, t.schedule, t.min_lr_ratio) == (c.steps, round(0.06 * c.steps), "linear", 0.0)
         assert t.save_at == c.points and c.points[-1] == c.steps and len(c.points) == 4
+        assert t.save_every == max(1, c.steps // 10) and t.time_budget_minutes == 0    # a hard kill loses <= 1/10
         assert c.points == tuple(round(c.steps * k / 4) for k in range(1, 5))
         assert (c.config.data.seq_len, t.batch_size, t.seed, c.config.model.hidden_size) == (32, 4, 0, 32)
         model = c.config.model.__class__(**{**c.config.model.__dict__, "vocab_size": 1000})

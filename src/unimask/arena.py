@@ -164,11 +164,12 @@ def flops_per_step(run_cfg, vocab_size: int) -> float:
 
 
 def with_schedule(run_cfg, steps: int, points: tuple[int, ...], warmup_fraction: float):
-    """`run_cfg` with `steps`, warm-up and decay fitted to them, and checkpoints at `points`; no time
+    """`run_cfg` with `steps`, warm-up and decay fitted to them, and checkpoints at `points` (kept)
+    and every tenth of the run (only the latest kept: a hard kill loses at most a tenth); no time
     budget (the trainer would refit the steps to it, and the arena's steps are the contest)."""
     run_cfg = dataclasses.replace(run_cfg)
     run_cfg.train = dataclasses.replace(run_cfg.train, steps=steps, warmup_steps=round(warmup_fraction * steps),
-                                        save_at=points, time_budget_minutes=0.0)
+                                        save_at=points, save_every=max(1, steps // 10), time_budget_minutes=0.0)
     return run_cfg
 
 
