@@ -265,9 +265,15 @@ _STOP = None
 """In a worker of `run_jobs`: the parent's stop event (set on SIGTERM / SIGINT): no call starts after it."""
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_start(threads: int, stop) -> None:
-    """A worker's start: its share of the threads, the parent's stop event, and SIGTERM when its
-    parent dies (Linux), so a killed arena leaves no orphan training on (it saves a checkpoint and stops)."""
+    """A worker's start: its share of the threads, the parent's stop event, SIGTERM as Ctrl-C outside
+    training (a call being scored ends with an error the parent receives, rather than a dead worker
+    that breaks the pool; the trainer installs its own handlers), and SIGTERM when its parent dies
+    (Linux), so a killed arena leaves no orphan training on (it saves a checkpoint and stops)."""
     import ctypes
     import signal
 
@@ -275,6 +281,7 @@ def _worker_start(threads: int, stop) -> None:
     global _STOP
     _STOP = stop
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))         # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -344,8 +351,8 @@ def run_jobs(jobs: int, fn, calls: list[tuple], done=None) -> list:
                 signal.signal(s, handler)
     if received:
         name = signal.Signals(received[0]).name
-        raise Stopped(received[0], f"arena: stopped by {name}; the running contestants saved checkpoints; rerun the "
-                                   "same command to continue")
+        raise Stopped(received[0], f"arena: stopped by {name}; finished runs and scores are kept, a run in training "
+                                   "saved a checkpoint; rerun the same command to continue")
     return [future.result() for future in futures]
 
 
