@@ -4,27 +4,17 @@ sizes on the CPU and writes its JSON and markdown, so the script is known to wor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark, shared_data
 
 
 @pytest.mark.slow
 def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     shared_data("corpus", "enwiki_sample.txt.gz")
     out = tmp_path / "check"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_benchmark("gpu_check.py", "--device", "cpu", "--smoke", "--out", str(out))
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
     assert list(parts) == ["correctness", "throughput", "transformers", "pretrain", "finetune"]

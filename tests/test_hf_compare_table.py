@@ -5,26 +5,17 @@ so the table can be remeasured on a quiet machine without a broken script."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
 
 
 @pytest.mark.slow
 def test_smoke_writes_both_allocator_settings(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "table.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    command = [sys.executable, str(ROOT / "benchmarks" / "hf_compare_table.py"), "--smoke", "--rows", "mini-fp32",
-               "--out", str(out)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("hf_compare_table.py", "--smoke", "--rows", "mini-fp32", "--out", str(out))
     rows = [line for line in out.read_text().splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and "trainer default" in rows[0] and "glibc default" in rows[1]
     results = json.loads(out.with_suffix(".json").read_text())

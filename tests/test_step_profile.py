@@ -4,14 +4,12 @@ of reach" runs, classifies ops, and its bound is transformers' unprofiled step o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, run_benchmark
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -27,12 +25,8 @@ def test_op_kinds():
 def test_tiny_profile_adds_up(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "profile.md"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    command = [sys.executable, str(ROOT / "benchmarks" / "step_profile.py"), "--size", "tiny", "--batch", "4",
-               "--seq", "16", "--dtype", "fp32", "--steps", "2", "--warmup", "1", "--out", str(out)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("step_profile.py", "--size", "tiny", "--batch", "4", "--seq", "16", "--dtype", "fp32",
+                  "--steps", "2", "--warmup", "1", "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
     for engine in ("unimask", "transformers"):
         ms = result["ms_per_step"][engine]
