@@ -358,6 +358,11 @@ class CocoLM(Objective):
             metrics["copy_loss"] = ratio(copy_sum, n_real)
             metrics["replaced_frac"] = ratio((~original).logical_and(real).sum(), n_real)  # as ELECTRA's
             metrics["copy_acc"] = ratio(((copy_logits > 0) == original).logical_and(real).sum(), n_real)
+            flagged = (copy_logits <= 0) & real                                            # predicted "replaced"
+            replaced = ~original & real
+            true_pos = (flagged & replaced).sum()
+            metrics["copy_precision"] = ratio(true_pos, flagged.sum())                      # as ELECTRA's rtd_*
+            metrics["copy_recall"] = ratio(true_pos, replaced.sum())
 
         # 3. corrective LM at the masked positions, tied projection + own bias (official CLMHead)
         if self.clm_bias is not None:

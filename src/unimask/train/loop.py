@@ -345,6 +345,8 @@ def train(cfg, run_dir: Path, resume: bool = False, progress: bool = True) -> di
         except ValueError as e:
             raise UserError(f"invalid {cfg.objective_name} settings: {e}") from None
         _check_attention(tcfg.attention, info.device, cfg.model.attention_dropout)
+        if tcfg.compile:
+            parallel.check_compile(info.device)                 # before the run directory is written
         if generator_init is not None:
             from .init import apply_init_generator
             warnings = apply_init_generator(objective, init.state["embeddings.word.weight"], generator_init)
