@@ -3,7 +3,8 @@ each objective at each size, one process each, written as markdown.
 
 Protocol (fixed before the runs): for each size (mini, small) and each objective (mlm, electra,
 cocolm, maelm, pmlm), one `unimask bench --compare-compile` process at the trainer's defaults (batch
-32 x 128, bf16 autocast where the CPU has bf16 instructions, freed memory kept), 3 warm-up and
+32 x 128, freed memory kept) in `--dtype` (bf16 autocast: the trainer's default on a CPU with bf16
+instructions; fp32: elsewhere), 3 warm-up and
 `--steps` timed steps of the compiled and the eager engine interleaved step by step, with an empty
 inductor cache (`TORCHINDUCTOR_CACHE_DIR` in a fresh temporary folder), so `compile_s` is what a first
 run pays. `paired` is the median over rounds of the compiled step over the adjacent eager one (below
@@ -11,7 +12,7 @@ run pays. `paired` is the median over rounds of the compiled step over the adjac
 this kind of device when its paired ratio is at most 0.90 at both sizes. Run it on an otherwise idle
 machine.
 
-    python benchmarks/compile_table.py [--out benchmarks/results/compile_table.md] [--sizes mini small]
+    python benchmarks/compile_table.py [--dtype bf16] [--out benchmarks/results/compile_table_bf16.md]
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ WINS_AT = 0.90
 
 def run(objective: str, size: str, dtype: str, steps: int, smoke: bool = False) -> dict:
     """One `unimask bench --compare-compile` process; returns {"compiled": ..., "eager": ..., "ratio": ...}."""
-    shape = ["--batch", "4", "--seq", "32", "--warmup", "1"] if smoke else ["--batch", "32", "--seq", "128", "--warmup", "3"]
+    shape = (["--batch", "4", "--seq", "32", "--warmup", "1"] if smoke
+             else ["--batch", "32", "--seq", "128", "--warmup", "3"])
     cmd = [sys.executable, "-m", "unimask", "bench", "--objective", objective, "--size", size, *shape,
            "--steps", str(steps), "--dtype", dtype, "--compare-compile"]
     with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
@@ -53,7 +55,8 @@ def markdown(results: dict) -> str:
     for r in results.values():
         c, e, q = r["compiled"], r["eager"], r["ratio"]
         lines.append(f"| {q['size']} | {c['objective']} | {q['dtype']} | {e['tokens_per_s']:,.0f} | "
-                     f"{c['tokens_per_s']:,.0f} | {q['step_ms_median']:.2f} | {q['paired']:.2f} | {q['compile_s']:.0f} s | "
+                     f"{c['tokens_per_s']:,.0f} | {q['step_ms_median']:.2f} | {q['paired']:.2f} | "
+                     f"{q['compile_s']:.0f} s | "
                      f"{'yes' if q['paired'] <= WINS_AT else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -72,9 +75,10 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["mini", "small"], choices=list(STEPS))
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compile_table.md")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/compile_table_DTYPE.md")
     p.add_argument("--smoke", action="store_true", help="tiny size, batch 4 x 32, 2 steps: checks that the script runs")
     args = p.parse_args()
+    args.out = args.out or Path(__file__).parent / "results" / f"compile_table_{args.dtype}.md"
     sizes = ["tiny"] if args.smoke else args.sizes
     results = {}
     for size in sizes:

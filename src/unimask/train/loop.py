@@ -51,7 +51,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parallel: Literal["ddp", "fsdp"] = "ddp"
-    compile: bool = False                # torch.compile each Transformer block (train/parallel.py compile_blocks)
+    compile: bool = False                # torch.compile each Transformer block (train/parallel.py compile_blocks);
+                                         # off: 0-5% on the CPU (benchmarks/results/compile_table_*.md)
     attention: Literal["auto", "sdpa", "flex"] = "auto"   # auto: flex_attention for a bias / layout on CUDA (model/encoder.py)
     seed: int = 0
     log_every: int = 10

@@ -135,8 +135,8 @@ def compile_blocks(model: nn.Module) -> int:
 def compile_options(device: torch.device) -> dict:
     """Inductor options of the compiled blocks. On the CPU, dropout draws its masks with ATen's
     random ops, as eager does (`fallback_random`): inductor's own CPU random generator made every
-    objective's compiled step 3-10% slower than eager, ATen's makes MLM's 4% faster at mini bf16
-    (benchmarks/results/compile_table.md), and the masks are eager's. CUDA keeps inductor's."""
+    objective's compiled step 3-9% slower than eager, with ATen's they are 0-5% faster
+    (benchmarks/results/compile_table_*.md), and the masks are eager's. CUDA keeps inductor's."""
     return {"fallback_random": True} if device.type == "cpu" else {}
 
 
