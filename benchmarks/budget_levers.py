@@ -37,6 +37,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from results_io import write_results
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -143,9 +145,7 @@ def main() -> None:
             "steps": trained["step"], "tokens": trained["tokens"], "valid_loss": trained.get("valid_loss"),
             "scores": trained["scores"], "mean": trained["mean"], "random_mean": floor["mean"],
             "random_scores": floor["scores"], "minutes": trained.get("minutes")}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(results))
+        write_results(args.out, results, markdown(results))
         print(f"{name}: mean {trained['mean']:.2f} (random init {floor['mean']:.2f})", flush=True)
     print(markdown(results))
     print(f"median gain over random init: "

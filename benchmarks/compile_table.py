@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results_io import write_results
+
 OBJECTIVES = ("mlm", "electra", "cocolm", "maelm", "pmlm")
 STEPS = {"tiny": 2, "mini": 20, "small": 10}
 WINS_AT = 0.90
@@ -87,9 +89,7 @@ def main() -> None:
             results[key] = run(objective, size, args.dtype, STEPS[size], args.smoke)
             print(markdown({key: results[key]}).splitlines()[-1], flush=True)
     text = header() + markdown(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results, text)
     print(text)
 
 

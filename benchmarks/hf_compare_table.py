@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_io import write_results
+
 ROWS = {
     "mini-fp32": ["--size", "mini", "--batch", "32", "--seq", "128", "--dtype", "fp32", "--warmup", "3", "--steps", "16"],
     "mini-bf16": ["--size", "mini", "--batch", "32", "--seq", "128", "--dtype", "bf16", "--warmup", "3", "--steps", "16"],
@@ -64,9 +66,7 @@ def main() -> None:
             results[f"{row}/{setting}"] = run(row, setting, args.smoke)
             print(markdown({f"{row}/{setting}": results[f"{row}/{setting}"]}).splitlines()[-1], flush=True)
     text = markdown(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results, text)
     print(text)
 
 

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from unimask.checkpoint import load_pretrained
@@ -125,9 +127,7 @@ def main() -> None:
                             f"{args.steps} steps max / {args.minutes:g} minutes, batch 32 x 128 tokens, lr 1e-4")}
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(results))
+        write_results(args.out, results, markdown(results))
 
     for objective in args.objectives:
         run = args.work / f"tapt-{objective}"
