@@ -392,8 +392,8 @@ class CocoLM(Objective):
             scl_sum, scl_correct, views = scl_loss(z_main, z_view, cfg.scl_temperature, gather)
             parts["scl"] = scl_sum
             parts["scl_scale"] = n / views                                                 # n / 2B
-            metrics["scl_loss"] = ratio(scl_sum, torch.tensor(views))
-            metrics["scl_acc"] = ratio(scl_correct, torch.tensor(views))
+            metrics["scl_loss"] = ratio(scl_sum, scl_sum.new_tensor(views))
+            metrics["scl_acc"] = ratio(scl_correct, scl_sum.new_tensor(views))
         parts["n"] = n
         return parts, metrics
 
