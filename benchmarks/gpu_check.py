@@ -50,6 +50,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -254,14 +255,24 @@ def cli(clock: Clock, args: list[str], torchrun: bool = False, min_s: float = 5.
     src = str(Path(unimask.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     started = time.perf_counter()
+    # at the cap the run must go with its workers, so nothing keeps the GPU busy during the next part:
+    # SIGTERM, which torchrun passes on to its workers (they run in sessions of their own), then SIGKILL
+    # to the launcher's process group
+    proc = subprocess.Popen([*launcher, "-m", "unimask", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO, start_new_session=True)
     try:
-        proc = subprocess.run([*launcher, "-m", "unimask", *args], capture_output=True, text=True, env=env,
-                              timeout=max(clock.left(), 1.0), cwd=REPO)
+        _, stderr = proc.communicate(timeout=max(clock.left(), 1.0))
     except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
         raise Skip(f"unimask {args[0]} timed out at the part's cap ({time.perf_counter() - started:.0f} s)") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"unimask {' '.join(args[:1])} exited with {proc.returncode}: {proc.stderr[-1500:]}")
-    return time.perf_counter() - started, proc.stderr
+        raise RuntimeError(f"unimask {' '.join(args[:1])} exited with {proc.returncode}: {stderr[-1500:]}")
+    return time.perf_counter() - started, stderr
 
 
 def train_records(run: Path, split: str = "train") -> dict[int, float]:

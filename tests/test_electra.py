@@ -194,6 +194,23 @@ def test_every_parameter_gets_a_gradient(model_fields):
     assert any(k.startswith("objective.generator.blocks.relative_bias") for k in grads) == bool(model_fields)
 
 
+def test_sampling_is_chunked_on_the_cpu_only(monkeypatch):
+    """Row chunks keep the CPU's softmax in cache; elsewhere (meta stands in for CUDA) one pass, not
+    one set of small kernels per 17 rows."""
+    from unimask.objectives import electra as electra_mod
+    from unimask.objectives import masking
+
+    calls = []
+    real = masking.sample_tokens
+    monkeypatch.setattr(masking, "sample_tokens",
+                        lambda logits, t, rng: calls.append(len(logits)) or real(logits, t, rng))
+    cpu = electra_mod.sample_rows(torch.randn(100, 30522), 1.0, None)
+    assert cpu.shape == (100,) and calls == [17] * 5 + [15]
+    calls.clear()
+    meta = electra_mod.sample_rows(torch.randn(100, 30522, device="meta"), 1.0, None)
+    assert meta.shape == (100,) and calls == [100]
+
+
 def test_evaluation_sampling_is_reproducible_and_leaves_the_training_rng_alone():
     model = build()
     batch = corrupted(model, text())
